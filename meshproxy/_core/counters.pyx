@@ -1,0 +1,152 @@
+# cython: language_level=3
+"""Per-cluster and per-listener request counters (compiled twin of ``meshproxy/_py/counters.py``).
+
+Theory of operation
+-------------------
+Every worker process owns one ``ClusterStats`` per cluster and one per listener. The data plane
+bumps them per request and per connection; every bump is a handful of C integer additions on fields
+of a final cdef class (no Python object is created, no dict is touched). Status codes go into a C
+array of 600 slots indexed by the code, durations into a C array of histogram slots (Istio's
+buckets plus ``+Inf``) found by a linear scan over integer microsecond bounds: most requests land in
+the first few buckets, so the scan is shorter and more predictable than a binary search.
+
+The only dict is the response-flags table (``flag``), which is on the cold path (failed or locally
+answered requests).
+
+Exposition never reads these objects directly: ``snapshot()`` copies them into a plain dict at
+scrape time, worker snapshots are summed with ``merge``/``merge_all`` (shared pure-Python code, see
+``meshproxy/_py/counters.py``), and ``meshproxy.telemetry`` renders the text formats.
+"""
+cimport cython
+from libc.stdint cimport int64_t, uint64_t
+
+from meshproxy._py.counters import merge, merge_all  # noqa: F401  (one implementation, re-exported)
+
+cdef enum:
+    _N_BOUNDS = 19    # len(BUCKETS_MS)
+    _N_BUCKETS = 20   # bounds + "+Inf"
+    _N_CODES = 600    # status-code slots; 0 holds "no status" and out-of-range codes
+
+#: Istio's default histogram buckets for ``istio_request_duration_milliseconds`` (upper bounds, ms).
+BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
+              300000, 600000, 1800000, 3600000)
+#: The same bounds in microseconds (integers); a duration goes in the first bucket whose bound is >=.
+BUCKETS_US = tuple(int(b * 1000) for b in BUCKETS_MS)
+N_BUCKETS = _N_BUCKETS
+N_CODES = _N_CODES
+
+cdef int64_t[_N_BOUNDS] _bounds_us
+cdef Py_ssize_t _i
+for _i in range(_N_BOUNDS):
+    _bounds_us[_i] = BUCKETS_US[_i]
+assert len(BUCKETS_MS) == _N_BOUNDS
+
+
+@cython.final
+cdef class ClusterStats:
+    """Counters of one cluster (or listener) in one worker process. See ``counters.pyi``."""
+
+    cdef readonly str name
+    # Requests.
+    cdef readonly uint64_t rq_total
+    cdef readonly int64_t rq_active
+    cdef readonly uint64_t rq_completed
+    cdef readonly uint64_t rq_timeout
+    cdef readonly uint64_t rq_reset
+    # Connections.
+    cdef readonly uint64_t cx_total
+    cdef readonly int64_t cx_active
+    cdef readonly uint64_t cx_connect_fail
+    cdef readonly uint64_t cx_destroy_remote
+    # Bytes.
+    cdef readonly uint64_t bytes_rx
+    cdef readonly uint64_t bytes_tx
+    # Status codes (slot 0 = none / out of range) and the latency histogram.
+    cdef uint64_t codes[_N_CODES]
+    cdef uint64_t buckets[_N_BUCKETS]
+    cdef uint64_t sum_us
+    # (flags, status) -> count; cold path only.
+    cdef dict flags
+
+    def __cinit__(self, str name not None):
+        # C fields and arrays are zeroed by tp_alloc.
+        self.name = name
+        self.flags = {}
+
+    cpdef void rq_start(self) noexcept:
+        self.rq_total += 1
+        self.rq_active += 1
+
+    cpdef void rq_end(self, long status, int64_t duration_us, int64_t bytes_rx,
+                      int64_t bytes_tx) noexcept:
+        cdef Py_ssize_t i = 0
+        self.rq_active -= 1
+        self.rq_completed += 1
+        if status < 0 or status >= _N_CODES:
+            status = 0
+        self.codes[status] += 1
+        if duration_us < 0:
+            duration_us = 0
+        while i < _N_BOUNDS and duration_us > _bounds_us[i]:
+            i += 1
+        self.buckets[i] += 1
+        self.sum_us += <uint64_t>duration_us
+        if bytes_rx > 0:
+            self.bytes_rx += <uint64_t>bytes_rx
+        if bytes_tx > 0:
+            self.bytes_tx += <uint64_t>bytes_tx
+
+    cpdef void cx_open(self) noexcept:
+        self.cx_total += 1
+        self.cx_active += 1
+
+    cpdef void cx_close(self) noexcept:
+        self.cx_active -= 1
+
+    cpdef void cx_fail(self) noexcept:
+        self.cx_connect_fail += 1
+
+    cpdef void cx_remote_close(self) noexcept:
+        self.cx_destroy_remote += 1
+
+    cpdef void timeout(self) noexcept:
+        self.rq_timeout += 1
+
+    cpdef void reset(self) noexcept:
+        self.rq_reset += 1
+
+    def flag(self, str flags not None, long status):
+        key = (flags, status)
+        self.flags[key] = self.flags.get(key, 0) + 1
+
+    def snapshot(self):
+        cdef Py_ssize_t i
+        cdef uint64_t count = 0
+        codes = {}
+        for i in range(_N_CODES):
+            if self.codes[i]:
+                codes[i] = self.codes[i]
+        buckets = []
+        for i in range(_N_BUCKETS):
+            buckets.append(self.buckets[i])
+            count += self.buckets[i]
+        return {
+            "name": self.name,
+            "rq_total": self.rq_total,
+            "rq_active": self.rq_active,
+            "rq_completed": self.rq_completed,
+            "cx_total": self.cx_total,
+            "cx_active": self.cx_active,
+            "cx_connect_fail": self.cx_connect_fail,
+            "cx_destroy_remote": self.cx_destroy_remote,
+            "rq_timeout": self.rq_timeout,
+            "rq_reset": self.rq_reset,
+            "bytes_rx": self.bytes_rx,
+            "bytes_tx": self.bytes_tx,
+            "codes": codes,
+            "flags": {f"{f}|{s}": n for (f, s), n in self.flags.items()},
+            "latency": {"buckets": buckets, "sum_ms": self.sum_us / 1000.0, "count": count},
+        }
+
+    def __repr__(self):
+        return f"<ClusterStats {self.name!r} rq_total={self.rq_total} rq_active={self.rq_active}>"
