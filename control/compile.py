@@ -1,0 +1,380 @@
+"""Compilation: validated resources (+ this sidecar's workload and overrides) -> Snapshot.
+
+What is built (see docs/configuration.md for the user-facing description):
+
+- ``virtualOutbound`` at the bootstrap outbound address:port: for every ServiceEntry host ``h`` and
+  HTTP-family port ``p`` (HTTP, HTTP2, GRPC), a cluster ``outbound|p||h`` and a virtual host
+  ``h:p`` whose domains are ``h:p`` (plus bare ``h`` for the service's default port, and the
+  Kubernetes short names for ``<svc>.<ns>.svc.cluster.local`` hosts), with one route to the cluster.
+- Endpoints come from ``spec.endpoints`` or the selected WorkloadEntries. An endpoint labelled
+  ``security.istio.io/tlsMode: istio`` has a sidecar: it is dialled at its sidecar's inbound port.
+- With a workload: ``virtualInbound`` at workload.address:inbound port, one ``inbound|target||``
+  cluster per application port of the ServiceEntries that include the workload, and virtual hosts
+  with the same domains as outbound, pointing at those inbound clusters.
+
+Everything is sorted, so the same input always gives the same Snapshot and the same version.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from typing import Optional
+
+from control.config import schema
+from control.config.load import LoadedConfig, Resource, load_config
+from control.config.validate import inbound_port_annotation, selected_workloads
+from control.errors import ConfigError, ConfigIssue
+from control.snapshot import (Bootstrap, Cluster, Endpoint, Limits, Listener, Route, Snapshot,
+                              VirtualHost, Workload, content_version)
+
+DOMAIN_SUFFIX = "cluster.local"
+DEFAULT_NAMESPACE = "default"
+
+
+def build_snapshot(path, workload: Optional[str] = None, overrides: Optional[dict] = None) -> Snapshot:
+    """Load, validate and compile a config file or directory.
+
+    Args:
+        path: a YAML file or a directory of them (see ``load_config``).
+        workload: this sidecar's WorkloadEntry, ``"name"`` or ``"namespace/name"``; overrides the
+            Bootstrap's ``spec.workload``. None: no workload (outbound only).
+        overrides: Bootstrap field values applied last, keyed by ``Bootstrap`` field names
+            (``{"concurrency": 2, "admin_port": 15100}``).
+
+    Returns:
+        The Snapshot.
+
+    Raises:
+        ConfigError: listing every problem found (load, validation and compilation).
+    """
+    return compile_snapshot(load_config(path), workload=workload, overrides=overrides)
+
+
+def compile_snapshot(cfg: LoadedConfig, workload: Optional[str] = None,
+                     overrides: Optional[dict] = None) -> Snapshot:
+    """Compile a ``LoadedConfig``; raises ``ConfigError`` with its issues plus any found here."""
+    issues = list(cfg.issues)
+    warnings = list(cfg.warnings)
+    boot_res = next(iter(cfg.of_kind("Bootstrap")), None)
+    boot_spec = boot_res.spec if boot_res else {}
+    raw_boot = boot_res.raw_spec if boot_res else {}
+    services = sorted(cfg.of_kind("ServiceEntry"), key=lambda r: (r.namespace, r.name))
+    entries = sorted(cfg.of_kind("WorkloadEntry"), key=lambda r: (r.namespace, r.name))
+
+    wl_res = None
+    ref = workload if workload is not None else boot_spec.get("workload")
+    if ref is not None:
+        wl_res, issue = _find_workload(ref, entries, boot_res if workload is None else None)
+        if issue:
+            issues.append(issue)
+
+    bootstrap = _bootstrap(boot_spec, raw_boot)
+    peer_inbound_port = bootstrap.inbound_port  # what peers assume a sidecar listens on
+    wl = None
+    if wl_res is not None:
+        wl = _workload(wl_res)
+        ann = inbound_port_annotation(wl_res.annotations.get(schema.INBOUND_PORT_ANNOTATION, ""))
+        if ann:
+            bootstrap = dataclasses.replace(bootstrap, inbound_port=ann)
+        if _is_extra_loopback(wl.address):
+            if "address" not in (raw_boot.get("outbound") or {}):
+                bootstrap = dataclasses.replace(bootstrap, outbound_address=wl.address)
+            if "address" not in (raw_boot.get("admin") or {}):
+                bootstrap = dataclasses.replace(bootstrap, admin_address=wl.address)
+    if overrides:
+        bootstrap, more = _apply_overrides(bootstrap, overrides)
+        issues.extend(more)
+    if issues:
+        raise ConfigError(issues)
+
+    upstream = boot_spec.get("upstream", {})
+    timeouts = {
+        "connect_timeout": upstream.get("connectTimeout", Cluster.connect_timeout),
+        "idle_timeout": upstream.get("idleTimeout", Cluster.idle_timeout),
+        "max_idle_per_endpoint": upstream.get("maxIdlePerEndpoint", Cluster.max_idle_per_endpoint),
+    }
+    sidecar_ns = wl.namespace if wl else DEFAULT_NAMESPACE
+
+    clusters: dict = {}
+    out_vhosts: list = []
+    in_vhosts: list = []
+    in_targets: set = set()
+    for se in services:
+        selected = selected_workloads(se, entries)
+        ports = se.spec["ports"]
+        for p in ports:
+            if p["protocol"] not in schema.HTTP_PROTOCOLS:
+                continue
+            endpoints = _endpoints(se, p, selected, peer_inbound_port)
+            for host in se.spec["hosts"]:
+                cname = f"outbound|{p['number']}||{host}"
+                clusters[cname] = Cluster(
+                    name=cname, direction="outbound", service=host, namespace=se.namespace,
+                    port=p["number"], port_name=p["name"], protocol=p["protocol"],
+                    lb_policy="ROUND_ROBIN", endpoints=endpoints, **timeouts)
+                domains = service_domains(host, p["number"], ports, sidecar_ns)
+                out_vhosts.append(VirtualHost(f"{host}:{p['number']}", domains,
+                                              (Route("default", "/", cname),)))
+            target = _inbound_target(se, p, wl_res, wl) if wl else None
+            if target is None:
+                continue
+            iname = f"inbound|{target}||"
+            in_targets.add(target)
+            clusters[iname] = Cluster(
+                name=iname, direction="inbound", service="", namespace="", port=target,
+                port_name=p["name"], protocol=p["protocol"], lb_policy="ROUND_ROBIN",
+                endpoints=(Endpoint(wl.address, target, target, labels=dict(wl.labels),
+                                    workload=f"{wl.namespace}/{wl.name}"),),
+                **timeouts)
+            for host in se.spec["hosts"]:
+                in_vhosts.append(VirtualHost(f"{host}:{p['number']}",
+                                             service_domains(host, p["number"], ports, sidecar_ns),
+                                             (Route("default", "/", iname),)))
+
+    listeners = [Listener("virtualOutbound", "outbound", bootstrap.outbound_address, bootstrap.outbound_port,
+                          _dedupe_domains(out_vhosts, "virtualOutbound", warnings))]
+    if wl is not None:
+        default = f"inbound|{next(iter(in_targets))}||" if len(in_targets) == 1 else None
+        listeners.append(Listener("virtualInbound", "inbound", wl.address, bootstrap.inbound_port,
+                                  _dedupe_domains(in_vhosts, "virtualInbound", warnings), default))
+        wl = dataclasses.replace(wl, ports={**_resolved_ports(services, entries, wl_res, wl), **wl.ports})
+
+    listeners.sort(key=lambda li: li.name)
+    cluster_list = tuple(clusters[k] for k in sorted(clusters))
+    content = {"bootstrap": bootstrap, "listeners": listeners, "clusters": cluster_list, "workload": wl}
+    return Snapshot(
+        version=content_version(content),
+        bootstrap=bootstrap,
+        listeners=tuple(listeners),
+        clusters=cluster_list,
+        workload=wl,
+        warnings=tuple(str(w) for w in warnings),
+        sources=tuple(cfg.files),
+    )
+
+
+# --- Domains ------------------------------------------------------------------------------------------
+
+
+def service_domains(host: str, port: int, service_ports: list, sidecar_namespace: str) -> tuple:
+    """Host header values routed to ``host``'s port ``port``, lowercase, in a stable order.
+
+    ``host:port`` always; bare ``host`` too when ``port`` is the service's default port (80, or its
+    first port when it has no port 80). For ``<svc>.<ns>.svc.cluster.local`` the short forms
+    ``<svc>.<ns>.svc`` and ``<svc>.<ns>`` follow the same rule, and so does ``<svc>`` when ``ns`` is
+    the sidecar's namespace (as Kubernetes DNS search paths make them resolve).
+    """
+    numbers = [p["number"] for p in service_ports]
+    default = port == 80 or (80 not in numbers and numbers and numbers[0] == port)
+    names = [host]
+    suffix = f".svc.{DOMAIN_SUFFIX}"
+    if host.endswith(suffix):
+        parts = host[: -len(suffix)].split(".")
+        if len(parts) == 2:
+            svc, ns = parts
+            names += [f"{svc}.{ns}.svc", f"{svc}.{ns}"]
+            if ns == sidecar_namespace:
+                names.append(svc)
+    out = []
+    for n in names:
+        n = n.lower()
+        out.append(f"{n}:{port}")
+        if default:
+            out.append(n)
+    return tuple(out)
+
+
+def _dedupe_domains(vhosts: list, listener: str, warnings: list) -> tuple:
+    """Sort virtual hosts; a domain claimed twice (only possible for short names) stays with the first."""
+    vhosts = sorted(vhosts, key=lambda v: v.name)
+    owner: dict = {}
+    out = []
+    for vh in vhosts:
+        kept = []
+        for d in vh.domains:
+            if d in owner:
+                warnings.append(ConfigIssue("", "", "", "", listener,
+                                            f'domain "{d}" of {vh.name} is already served by {owner[d]}; '
+                                            "ignored for " + vh.name))
+                continue
+            owner[d] = vh.name
+            kept.append(d)
+        out.append(dataclasses.replace(vh, domains=tuple(kept)))
+    return tuple(out)
+
+
+# --- Endpoints ----------------------------------------------------------------------------------------
+
+
+def _endpoints(se: Resource, port: dict, selected: list, peer_inbound_port: int) -> tuple:
+    out = []
+    if "endpoints" in se.spec:
+        sources = [(ep, "", {}) for ep in se.spec["endpoints"]]
+    else:
+        sources = [(w.spec, f"{w.namespace}/{w.name}", w.annotations) for w in selected]
+    for ep, workload, annotations in sources:
+        weight = ep.get("weight", 1)
+        if weight == 0:
+            continue  # Istio: weight 0 takes the endpoint out of load balancing
+        target = ep.get("ports", {}).get(port["name"], port.get("targetPort", port["number"]))
+        labels = ep.get("labels", {})
+        sidecar = labels.get(schema.TLS_MODE_LABEL) == "istio"
+        dial = target
+        if sidecar:
+            dial = inbound_port_annotation(annotations.get(schema.INBOUND_PORT_ANNOTATION, "")) or peer_inbound_port
+        out.append(Endpoint(address=ep["address"], port=dial, target_port=target, labels=dict(labels),
+                            weight=weight, locality=ep.get("locality", ""), workload=workload, sidecar=sidecar))
+    out.sort(key=lambda e: (e.address, e.port, e.target_port, e.workload))
+    return tuple(out)
+
+
+def _inbound_target(se: Resource, port: dict, wl_res: Resource, wl: Workload) -> Optional[int]:
+    """The application port of ``port`` on this workload, if the ServiceEntry includes it."""
+    if se.namespace != wl.namespace:
+        return None
+    if "endpoints" in se.spec:
+        eps = [ep for ep in se.spec["endpoints"] if _same_ip(ep["address"], wl.address)]
+        if not eps:
+            return None
+        ep_ports = eps[0].get("ports", {})
+    elif wl_res in selected_workloads(se, [wl_res]):
+        ep_ports = wl_res.spec.get("ports", {})
+    else:
+        return None
+    return ep_ports.get(port["name"], port.get("targetPort", port["number"]))
+
+
+def _resolved_ports(services: list, entries: list, wl_res: Resource, wl: Workload) -> dict:
+    out = {}
+    for se in services:
+        for p in se.spec["ports"]:
+            target = _inbound_target(se, p, wl_res, wl)
+            if target is not None:
+                out.setdefault(p["name"], target)
+    return out
+
+
+def _same_ip(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return a == b
+
+
+# --- Workload and bootstrap ---------------------------------------------------------------------------
+
+
+def _find_workload(ref: str, entries: list, boot: Optional[Resource]):
+    def issue(message: str) -> ConfigIssue:
+        if boot is not None:
+            return boot.issue("spec.workload", message)
+        return ConfigIssue("", "", "", "", "workload", message)
+
+    known = ", ".join(w.key for w in entries) or "none defined"
+    if "/" in ref:
+        ns, name = ref.split("/", 1)
+        found = [w for w in entries if w.namespace == ns and w.name == name]
+    else:
+        found = [w for w in entries if w.name == ref]
+    if not found:
+        return None, issue(f'WorkloadEntry "{ref}" not found (known: {known})')
+    if len(found) > 1:
+        return None, issue(f'WorkloadEntry "{ref}" is ambiguous: use one of '
+                           + ", ".join(w.key for w in found))
+    return found[0], None
+
+
+def _workload(r: Resource) -> Workload:
+    return Workload(name=r.name, namespace=r.namespace, address=r.spec["address"],
+                    labels=dict(r.spec.get("labels", {})), ports=dict(r.spec.get("ports", {})),
+                    service_account=r.spec.get("serviceAccount", ""))
+
+
+def _is_extra_loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return ip.version == 4 and ip.is_loopback and address != "127.0.0.1"
+
+
+def _bootstrap(spec: dict, raw: dict) -> Bootstrap:
+    b = Bootstrap()
+    kw: dict = {}
+    table = {
+        "trustDomain": "trust_domain", "prometheusPort": "prometheus_port", "statusPort": "status_port",
+        "concurrency": "concurrency", "drainDuration": "drain_duration", "accessLogFile": "access_log_file",
+        "accessLogEncoding": "access_log_encoding", "accessLogFormat": "access_log_format",
+    }
+    for key, attr in table.items():
+        if key in spec:
+            kw[attr] = spec[key]
+    for section, prefix in (("outbound", "outbound"), ("admin", "admin")):
+        for k in ("address", "port"):
+            if k in spec.get(section, {}):
+                kw[f"{prefix}_{k}"] = spec[section][k]
+    if "port" in spec.get("inbound", {}):
+        kw["inbound_port"] = spec["inbound"]["port"]
+    lim = spec.get("limits", {})
+    limits = Limits(
+        max_request_headers_kb=lim.get("maxRequestHeadersKb", b.limits.max_request_headers_kb),
+        max_request_line=lim.get("maxRequestLine", b.limits.max_request_line),
+        max_headers=lim.get("maxHeaders", b.limits.max_headers),
+    )
+    return dataclasses.replace(b, limits=limits, **kw)
+
+
+_OVERRIDE_RANGES = {"concurrency": (1, 1024)}
+
+
+def _apply_overrides(b: Bootstrap, overrides: dict):
+    fields = {f.name: f for f in dataclasses.fields(Bootstrap)}
+    defaults = Bootstrap()
+    issues, kw = [], {}
+
+    def bad(key: str, message: str) -> None:
+        issues.append(ConfigIssue("<overrides>", "", "", "", key, message))
+
+    for key, value in overrides.items():
+        if key not in fields:
+            bad(str(key), "unknown Bootstrap field" + schema.did_you_mean(str(key), fields))
+            continue
+        if key == "limits":
+            if isinstance(value, Limits):
+                kw[key] = value
+            elif isinstance(value, dict):
+                lf = {f.name for f in dataclasses.fields(Limits)}
+                unknown = [k for k in value if k not in lf]
+                for k in unknown:
+                    bad(f"limits.{k}", "unknown field" + schema.did_you_mean(str(k), lf))
+                if not unknown:
+                    kw[key] = dataclasses.replace(b.limits, **value)
+            else:
+                bad(key, f"expected a mapping, got {schema.type_name(value)}")
+            continue
+        want = type(getattr(defaults, key))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, want):
+            bad(key, f"expected {schema.type_name(want())}, got {schema.type_name(value)}")
+            continue
+        if key.endswith("_port") and not 1 <= value <= 65535:
+            bad(key, f"{value} is not a port (1-65535)")
+            continue
+        if key.endswith("_address"):
+            msg = schema.bind_address(value)
+            if msg:
+                bad(key, msg)
+                continue
+        lo, hi = _OVERRIDE_RANGES.get(key, (None, None))
+        if lo is not None and not lo <= value <= hi:
+            bad(key, f"{value} is out of range ({lo}-{hi})")
+            continue
+        if key == "access_log_encoding" and value not in ("TEXT", "JSON"):
+            bad(key, f'"{value}" is not valid: expected one of TEXT, JSON')
+            continue
+        kw[key] = value
+    return dataclasses.replace(b, **kw), issues
+
+
+__all__ = ["build_snapshot", "compile_snapshot", "service_domains", "DOMAIN_SUFFIX"]
