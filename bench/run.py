@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""meshproxy load benchmark: wrk against direct / meshproxy / meshproxy-py / nginx / haproxy.
+
+One run starts a one-worker nginx origin (fixed 1 KiB body), starts every contender in front of
+it, warms each up, then runs wrk (1 thread) against them interleaved, round after round, and
+reports medians. See docs/benchmarks.md.
+
+    python bench/run.py                      # 10 s x 3 rounds x 50 connections, all contenders
+    python bench/run.py --quick --check      # what CI runs: 3 s x 2 rounds, non-zero on FAIL
+    python bench/run.py --connections 1,50,200 --contenders direct,nginx,haproxy
+
+All traffic stays on 127.0.0.1. Everything started is stopped on exit, Ctrl-C or error.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from contenders import CONTENDERS, DEFAULT_ORDER, REPO, StartError  # noqa: E402
+from measure import run_wrk  # noqa: E402
+from origin import BODY_SIZE, Origin, ensure_tools  # noqa: E402
+from report import aggregate, check_targets, markdown_table  # noqa: E402
+
+DOCS = os.path.join(REPO, "docs", "benchmarks.md")
+DOC_BEGIN = "<!-- bench:latest:begin -->"
+DOC_END = "<!-- bench:latest:end -->"
+
+
+def log(*a) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--warmup", type=float, default=2.0,
+                   help="seconds of unmeasured wrk per contender and connection count (default 2)")
+    p.add_argument("--connections", default="50", help="comma list of wrk -c values (default 50)")
+    p.add_argument("--contenders", default=",".join(DEFAULT_ORDER),
+                   help=f"comma list from {','.join(DEFAULT_ORDER)}")
+    p.add_argument("--quick", action="store_true",
+                   help="CI mode: 3 s runs, 2 rounds, 1 s warm-up")
+    p.add_argument("--check", action="store_true", help="exit non-zero when a target FAILs")
+    p.add_argument("--min-nginx-ratio", type=float, default=0.8,
+                   help="target: meshproxy requests/s >= this x nginx (default 0.8)")
+    p.add_argument("--min-py-speedup", type=float, default=2.0,
+                   help="target: meshproxy requests/s >= this x meshproxy-py (default 2)")
+    p.add_argument("--max-rss-mb", type=float, default=30.0,
+                   help="target: meshproxy RSS (process tree) below this (default 30)")
+    p.add_argument("--results-dir", default=os.path.join(HERE, "results"))
+    p.add_argument("--no-save", action="store_true", help="do not write bench/results/*")
+    p.add_argument("--update-docs", action="store_true",
+                   help="replace the latest-results section of docs/benchmarks.md")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.duration, a.rounds, a.warmup = 3.0, 2, 1.0
+    try:
+        a.connections = [int(c) for c in a.connections.split(",") if c.strip()]
+    except ValueError:
+        p.error("--connections takes a comma list of integers")
+    if not a.connections or min(a.connections) < 1:
+        p.error("--connections must be >= 1")
+    a.contenders = [c.strip() for c in a.contenders.split(",") if c.strip()]
+    unknown = [c for c in a.contenders if c not in CONTENDERS]
+    if unknown:
+        p.error(f"unknown contender(s) {unknown}; choose from {DEFAULT_ORDER}")
+    if a.duration < 1 or a.rounds < 1:
+        p.error("--duration must be >= 1 and --rounds >= 1")
+    return a
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _cmd_out(argv: list[str]) -> str:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=20, cwd=REPO)
+        return (r.stdout + r.stderr).strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def environment(tools: dict[str, str]) -> dict:
+    commit = _cmd_out(["git", "rev-parse", "--short", "HEAD"]) or "nogit"
+    dirty = bool(_cmd_out(["git", "status", "--porcelain", "--untracked-files=no"]))
+    return {
+        "commit": commit,
+        "commit_full": _cmd_out(["git", "rev-parse", "HEAD"]),
+        "dirty": dirty,
+        "host": platform.node(),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "wrk": _cmd_out([tools["wrk"], "-v"]).splitlines()[0] if "wrk" in tools else None,
+        "nginx": _cmd_out([tools["nginx"], "-v"]) if "nginx" in tools else None,
+        "haproxy": (_cmd_out([tools["haproxy"], "-v"]).splitlines() or [""])[0]
+        if "haproxy" in tools else None,
+    }
+
+
+def measure_all(args, origin: Origin, live: list, tools: dict, samples: list) -> None:
+    """Warm-up, then interleaved rounds: for each connection count, A B C .., A B C .., ..."""
+    wrk = tools["wrk"]
+    total = len(args.connections) * args.rounds * len(live)
+    done = 0
+    for conns in args.connections:
+        for c in live:
+            if not c.alive():
+                continue
+            if args.warmup > 0:
+                s = run_wrk(wrk, c.port, c.host, conns, args.warmup, c.pid, origin.server.pid)
+                s.update(contender=c.name, connections=conns, round=0, warmup=True)
+                samples.append(s)
+                if s.get("error"):
+                    log(f"  warm-up {c.name} c={conns}: {s['error']}")
+        for rnd in range(1, args.rounds + 1):
+            for c in live:
+                done += 1
+                if not c.alive():
+                    s = {"error": f"{c.name} died: {_short(c.tail())}"}
+                else:
+                    s = run_wrk(wrk, c.port, c.host, conns, args.duration, c.pid, origin.server.pid)
+                s.update(contender=c.name, connections=conns, round=rnd, warmup=False)
+                samples.append(s)
+                if s.get("error"):
+                    log(f"[{done}/{total}] {c.name:13s} c={conns:<4d} round {rnd}: ERROR {s['error']}")
+                else:
+                    cpu = s.get("cpu", {}).get("us_per_req")
+                    log(f"[{done}/{total}] {c.name:13s} c={conns:<4d} round {rnd}: "
+                        f"{s['rps']:>9,.0f} req/s  p50 {s['latency_ms'].get('p50', 0):.3f} ms  "
+                        f"p99 {s['latency_ms'].get('p99', 0):.3f} ms"
+                        + (f"  cpu {cpu:.1f} µs/req" if cpu is not None else "")
+                        + (f"  rss {s['rss_peak_mb']:.1f} MB" if s.get("rss_peak_mb") else ""))
+                time.sleep(0.3)
+
+
+def _short(text: str) -> str:
+    return " ".join(text.split())[-300:]
+
+
+def update_docs(md_block: str) -> None:
+    try:
+        with open(DOCS) as f:
+            doc = f.read()
+    except OSError:
+        log(f"# {DOCS} not found; not updated")
+        return
+    if DOC_BEGIN not in doc or DOC_END not in doc:
+        log(f"# {DOCS} has no {DOC_BEGIN} / {DOC_END} markers; not updated")
+        return
+    pre, rest = doc.split(DOC_BEGIN, 1)
+    _, post = rest.split(DOC_END, 1)
+    with open(DOCS, "w") as f:
+        f.write(pre + DOC_BEGIN + "\n" + md_block.strip() + "\n" + DOC_END + post)
+    log(f"# updated {DOCS}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+
+    needed = ["wrk", "nginx"]
+    for name in args.contenders:
+        needed += [t for t in CONTENDERS[name].needs if t not in needed]
+    tools = ensure_tools(needed, log=log)
+
+    started = dt.datetime.now(dt.timezone.utc)
+    env = environment(tools)
+    env["loadavg_before"] = os.getloadavg()
+    tmp = tempfile.mkdtemp(prefix="meshproxy-bench-")
+    origin = Origin(tools["nginx"], tmp)
+    contenders = [CONTENDERS[n](tmp, tools) for n in args.contenders]
+    live, failures, samples = [], {}, []
+    interrupted = False
+    try:
+        origin.start()
+        log(f"# origin nginx on 127.0.0.1:{origin.port} ({BODY_SIZE}-byte body); temp dir {tmp}")
+        for c in contenders:
+            try:
+                c.start(origin.port)
+                live.append(c)
+                log(f"# {c.name:13s} on 127.0.0.1:{c.port}"
+                    + (f" (pid {c.pid})" if c.pid else "")
+                    + (f" compiled={c.info.get('compiled')}" if "compiled" in c.info else ""))
+            except StartError as e:
+                failures[c.name] = str(e)
+                log(f"# {c.name:13s} FAILED: {e}")
+                c.stop()
+        est = len(args.connections) * len(live) * (args.rounds * (args.duration + 0.5) + args.warmup + 0.5)
+        log(f"# {len(live)} contender(s), connections {args.connections}, {args.rounds} round(s) "
+            f"of {args.duration:g} s, warm-up {args.warmup:g} s: about {est / 60:.1f} min")
+        measure_all(args, origin, live, tools, samples)
+    except KeyboardInterrupt as e:
+        interrupted = True
+        log(f"# interrupted ({e}); stopping everything")
+    except StartError as e:
+        log(f"# {e}")
+        failures["origin"] = str(e)
+    finally:
+        for c in contenders:
+            c.stop()
+        origin.stop()
+        if args.keep_tmp:
+            log(f"# kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if "origin" in failures:
+        return 2
+
+    env["loadavg_after"] = os.getloadavg()
+    rows = aggregate(args.contenders, args.connections, samples, failures)
+    table = markdown_table(rows)
+    checks = check_targets(rows, args.contenders, args.connections, args.min_nginx_ratio,
+                           args.min_py_speedup, args.max_rss_mb)
+    stamp = started.strftime("%Y-%m-%dT%H%M%SZ")
+    header = (f"Run {started.strftime('%Y-%m-%d %H:%M UTC')}, commit {env['commit']}"
+              f"{' (dirty tree)' if env['dirty'] else ''}, {env['cpus']} CPUs, "
+              f"wrk 1 thread, {args.rounds} round(s) x {args.duration:g} s per contender, "
+              f"origin nginx 1 worker {BODY_SIZE}-byte body; load average before/after "
+              f"{env['loadavg_before'][0]:.2f}/{env['loadavg_after'][0]:.2f}.")
+    compiled = {c.name: c.info.get("compiled") for c in contenders if "compiled" in c.info}
+    notes = []
+    if compiled.get("meshproxy") not in (None, "True"):
+        notes.append(f"Note: meshproxy.core.COMPILED was {compiled['meshproxy']} for the "
+                     "`meshproxy` contender: it ran the pure-Python twins too.")
+    md = "\n\n".join([header, table] + notes)
+    print(md)
+    print()
+    for ch in checks:
+        print(ch)
+    md += "\n\n```\n" + "\n".join(map(str, checks)) + "\n```"
+
+    if not args.no_save:
+        os.makedirs(args.results_dir, exist_ok=True)
+        base = os.path.join(args.results_dir, f"{stamp}-{env['commit']}")
+        with open(base + ".md", "w") as f:
+            f.write(f"# meshproxy load benchmark {stamp}\n\n{md}\n")
+        with open(base + ".json", "w") as f:
+            json.dump({
+                "started": started.isoformat(), "args": {k: v for k, v in vars(args).items()},
+                "environment": env, "interrupted": interrupted,
+                "contenders": {c.name: {"description": c.description, "port": c.port,
+                                        "host": c.host, "failure": failures.get(c.name),
+                                        **c.info} for c in contenders},
+                "rows": [{**r.__dict__, "rps_median": r.rps_median} for r in rows],
+                "checks": [ch.__dict__ for ch in checks],
+                "samples": samples,
+            }, f, indent=1, default=str)
+        log(f"# wrote {base}.md and {base}.json")
+    if args.update_docs and not interrupted:
+        update_docs(md)
+    if interrupted:
+        return 130
+    if args.check and any(ch.status == "FAIL" for ch in checks):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
