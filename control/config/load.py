@@ -94,7 +94,10 @@ def read_documents(text: str, file: str):
         mark = e.problem_mark or e.context_mark
         msg = e.problem or "invalid YAML"
         if e.context:
-            msg = f"{e.context}: {msg}"
+            started = e.context_mark
+            at = f" (line {started.line + 1})" if started is not None and mark is not None \
+                and started.line != mark.line else ""
+            msg = f"{e.context}{at}: {msg}"
         where = f"line {mark.line + 1}" if mark is not None else ""
         issues.append(ConfigIssue(file, "", "", "", where, msg))
     except yaml.YAMLError as e:  # pragma: no cover - PyYAML raises Marked errors for content
