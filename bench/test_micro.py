@@ -1,0 +1,172 @@
+"""Micro-benchmarks of the HTTP/1.1 head parser (pytest-benchmark).
+
+    .venv/bin/pytest bench/test_micro.py --benchmark-only
+
+Parametrized over meshproxy's pure-Python twin (``meshproxy._py.http1``) and the compiled module
+(``meshproxy._core.http1``, skipped unless it is a built extension), with h11 and httptools as
+outside references. Each implementation that is not importable is skipped, so this file runs
+cleanly before the modules exist.
+
+What one iteration does (as on the proxy's hot path, one parser reused per connection):
+
+* ``meshproxy-*``: ``RequestParser.parse(buf, 0)`` on a reused parser (offsets only);
+  ``test_parse_serialize`` adds ``serialize(extra)``, the upstream head the proxy writes.
+* ``httptools``: ``HttpRequestParser.feed_data(buf)`` on a reused parser with on_url/on_header/
+  on_headers_complete callbacks that keep the url and header pairs (what a proxy needs).
+* ``h11``: a fresh ``h11.Connection(SERVER)`` per request (h11 cannot start a new request cycle
+  without sending a response), ``receive_data`` and ``next_event`` up to the Request event.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import pytest
+
+try:
+    import meshproxy  # noqa: F401
+except ImportError:  # not installed: benchmark the source tree (extensions built in place)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# A typical browser-ish GET: request line + 8 headers.
+REQUEST = (
+    b"GET /api/v1/products/12345?ref=homepage&lang=en HTTP/1.1\r\n"
+    b"Host: shop.default.svc.cluster.local\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n"
+    b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n"
+    b"Accept-Language: en-US,en;q=0.5\r\n"
+    b"Accept-Encoding: gzip, deflate, br\r\n"
+    b"Connection: keep-alive\r\n"
+    b"Cookie: session=4f8a9c2e7b1d4e6f; theme=dark; _ga=GA1.2.123456789.1700000000\r\n"
+    b"Referer: https://shop.example.com/\r\n"
+    b"\r\n"
+)
+EXTRA = b"x-request-id: 6f1c2b7e-8d3a-4f5b-9c0e-1a2b3c4d5e6f\r\nx-forwarded-proto: http\r\n"
+
+
+def _meshproxy_module(kind: str):
+    name = "meshproxy._py.http1" if kind == "py" else "meshproxy._core.http1"
+    try:
+        mod = importlib.import_module(name)
+    except ImportError as e:
+        pytest.skip(f"{name} not importable: {e}")
+    if kind == "compiled" and not (mod.__file__ or "").endswith((".so", ".pyd")):
+        pytest.skip(f"{name} is not a compiled extension ({mod.__file__})")
+    if not hasattr(mod, "RequestParser"):
+        pytest.skip(f"{name} has no RequestParser yet")
+    return mod
+
+
+def _meshproxy_parse(kind: str):
+    mod = _meshproxy_module(kind)
+    parser = mod.RequestParser()
+    parse = parser.parse
+    n = parse(REQUEST, 0)
+    assert n == len(REQUEST), n
+    assert parser.method == b"GET" and parser.header_count == 8
+    assert parser.host == b"shop.default.svc.cluster.local"
+
+    def run():
+        return parse(REQUEST, 0)
+    return run
+
+
+def _httptools_parse():
+    httptools = pytest.importorskip("httptools")
+
+    class Proto:
+        __slots__ = ("url", "headers", "done")
+
+        def __init__(self):
+            self.url = None
+            self.headers = []
+            self.done = False
+
+        def on_url(self, url):
+            self.url = url
+
+        def on_header(self, name, value):
+            self.headers.append((name, value))
+
+        def on_headers_complete(self):
+            self.done = True
+
+    proto = Proto()
+    parser = httptools.HttpRequestParser(proto)
+    feed = parser.feed_data
+    headers = proto.headers
+
+    def run():
+        headers.clear()
+        feed(REQUEST)
+        return len(headers)
+    assert run() == 8 and proto.done
+    return run
+
+
+def _h11_parse():
+    h11 = pytest.importorskip("h11")
+    Connection, SERVER, Request = h11.Connection, h11.SERVER, h11.Request
+
+    def run():
+        conn = Connection(SERVER)
+        conn.receive_data(REQUEST)
+        ev = conn.next_event()
+        assert type(ev) is Request
+        return ev
+    assert len(run().headers) == 8
+    return run
+
+
+IMPLS = ["meshproxy-py", "meshproxy-compiled", "httptools", "h11"]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_parse(benchmark, impl):
+    benchmark.group = "http1 request head parse (8 headers)"
+    if impl == "meshproxy-py":
+        run = _meshproxy_parse("py")
+    elif impl == "meshproxy-compiled":
+        run = _meshproxy_parse("compiled")
+    elif impl == "httptools":
+        run = _httptools_parse()
+    else:
+        run = _h11_parse()
+    benchmark(run)
+
+
+@pytest.mark.parametrize("kind", ["py", "compiled"])
+def test_parse_serialize(benchmark, kind):
+    """parse + serialize(extra): the whole head handling of one proxied request."""
+    benchmark.group = "http1 request head parse + serialize"
+    mod = _meshproxy_module(kind)
+    parser = mod.RequestParser()
+    parse, serialize = parser.parse, parser.serialize
+
+    def run():
+        parse(REQUEST, 0)
+        return serialize(EXTRA)
+    out = run()
+    assert out.startswith(b"GET /api/v1/products/12345?ref=homepage&lang=en HTTP/1.1\r\n"), out
+    assert b"Connection:" not in out and out.endswith(EXTRA + b"\r\n"), out
+    benchmark(run)
+
+
+@pytest.mark.parametrize("kind", ["py", "compiled"])
+def test_response_parse(benchmark, kind):
+    """The origin's response head, parsed by the upstream side (ResponseParser)."""
+    benchmark.group = "http1 response head parse"
+    mod = _meshproxy_module(kind)
+    if not hasattr(mod, "ResponseParser"):
+        pytest.skip("no ResponseParser yet")
+    head = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 29 Nov 2026 07:43:19 GMT\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1024\r\n"
+            b"Connection: keep-alive\r\n\r\n")
+    parser = mod.ResponseParser()
+    parse = parser.parse
+    assert parse(head, 0) == len(head) and parser.content_length == 1024
+
+    def run():
+        return parse(head, 0)
+    benchmark(run)
