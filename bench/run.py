@@ -174,8 +174,12 @@ def update_docs(md_block: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupt)
+    # Ctrl-C, kill and hang-up all unwind through the finally that stops every server. SIGINT is
+    # set explicitly: a background job of a non-interactive shell starts with it ignored.
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # respect nohup
+        signal.signal(signal.SIGHUP, _raise_interrupt)
 
     needed = ["wrk", "nginx"]
     for name in args.contenders:
@@ -248,7 +252,7 @@ def main(argv=None) -> int:
         print(ch)
     md += "\n\n```\n" + "\n".join(map(str, checks)) + "\n```"
 
-    if not args.no_save:
+    if not args.no_save and not interrupted:  # a partial run is printed, not filed
         os.makedirs(args.results_dir, exist_ok=True)
         base = os.path.join(args.results_dir, f"{stamp}-{env['commit']}")
         with open(base + ".md", "w") as f:
