@@ -206,5 +206,22 @@ def _tail_lines(text: str, n: int = 6) -> str:
     return " | ".join(lines[-n:])[-700:]
 
 
-CONTENDERS = {c.name: c for c in (Direct, Meshproxy, MeshproxyPy, NginxProxy, HAProxy)}
+class PyRef(Contender):
+    name = "pyref"
+    description = "bench/pyref_proxy.py: minimal uvloop + httptools proxy (the budget's yardstick)"
+
+    def start(self, origin_port: int) -> None:
+        self.port = free_port()
+        venv_python = os.path.join(REPO, ".venv", "bin", "python")
+        python = venv_python if os.access(venv_python, os.X_OK) else sys.executable
+        self.server = Managed("pyref", [python, os.path.join(HERE, "pyref_proxy.py"),
+                                        str(self.port), str(origin_port)], self.tmp)
+        if not wait_port(self.port, 15) or not self.server.alive():
+            raise StartError(f"pyref failed to start: {_tail_lines(self.server.tail())}")
+        check_proxied(self.name, self.port, None)
+
+
+CONTENDERS = {c.name: c for c in (Direct, Meshproxy, MeshproxyPy, NginxProxy, HAProxy, PyRef)}
 DEFAULT_ORDER = ["direct", "meshproxy", "meshproxy-py", "nginx", "haproxy"]
+#: also available, not run unless named in --contenders
+EXTRA = ["pyref"]

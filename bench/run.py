@@ -29,7 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from contenders import CONTENDERS, DEFAULT_ORDER, REPO, StartError  # noqa: E402
+from contenders import CONTENDERS, DEFAULT_ORDER, EXTRA, REPO, StartError  # noqa: E402
 from measure import run_wrk  # noqa: E402
 from origin import BODY_SIZE, Origin, ensure_tools  # noqa: E402
 from report import aggregate, check_targets, markdown_table  # noqa: E402
@@ -52,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="seconds of unmeasured wrk per contender and connection count (default 2)")
     p.add_argument("--connections", default="50", help="comma list of wrk -c values (default 50)")
     p.add_argument("--contenders", default=",".join(DEFAULT_ORDER),
-                   help=f"comma list from {','.join(DEFAULT_ORDER)}")
+                   help=f"comma list from {','.join(DEFAULT_ORDER + EXTRA)} (default: all but "
+                        f"{','.join(EXTRA)})")
     p.add_argument("--quick", action="store_true",
                    help="CI mode: 3 s runs, 2 rounds, 1 s warm-up")
     p.add_argument("--check", action="store_true", help="exit non-zero when a target FAILs")
@@ -79,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.contenders = [c.strip() for c in a.contenders.split(",") if c.strip()]
     unknown = [c for c in a.contenders if c not in CONTENDERS]
     if unknown:
-        p.error(f"unknown contender(s) {unknown}; choose from {DEFAULT_ORDER}")
+        p.error(f"unknown contender(s) {unknown}; choose from {DEFAULT_ORDER + EXTRA}")
     if a.duration < 1 or a.rounds < 1:
         p.error("--duration must be >= 1 and --rounds >= 1")
     return a
