@@ -83,6 +83,10 @@ _HEADER_LINE = re.compile(
     rb"(" + _TCHAR + rb"+):[ \t]*((?:" + _VCHAR + rb"+(?:[ \t]+" + _VCHAR + rb"+)*)?)[ \t]*"
 )
 _HEADER_LINE_PREFIX = re.compile(rb"(?:" + _TCHAR + rb"+(?::[\t\x20-\x7e\x80-\xff]*)?)?\r?")
+# What may follow a valid tail that is already past a header's colon / inside a request target.
+_VALUE_CONT = re.compile(rb"[\t\x20-\x7e\x80-\xff]*\r?")
+_TARGET_CONT = re.compile(rb"[\x21-\x7e]*\r?")
+_TAIL_VALUE, _TAIL_TARGET = 1, 2
 _CTL_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
@@ -100,6 +104,7 @@ _CHUNK_SIZE_PREFIX = re.compile(rb"(?:[0-9A-Fa-f]{1,16}(?:;[\t\x20-\x7e\x80-\xff
 _KNOWN_CODINGS = frozenset(
     (b"chunked", b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress", b"identity")
 )
+_NEVER_HOP = frozenset((b"content-length", b"transfer-encoding", b"host"))
 _HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"))
 
 # Header names with meaning for framing or routing, dispatched once per header line.
@@ -205,6 +210,9 @@ class _HeadParser:
     def _first_line_tail(self, buf, hs, n):  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def _request_line_size(self, buf, hs, n):
+        pass
+
     def _skip_leading(self, buf, start, n):
         return start
 
@@ -226,9 +234,10 @@ class _HeadParser:
             and buf.find(b"\n", resume[2], n) < 0
         ):
             # Only the incomplete last line grew: recheck the tail alone.
+            _, old_n, p, first_done, hs, count, mode = resume
             self._resume = None
-            self._check_tail(buf, resume[4], resume[2], n, resume[3], resume[5])
-            self._resume = (start, n, resume[2], resume[3], resume[4], resume[5])
+            mode = self._check_tail(buf, hs, p, n, first_done, count, old_n, mode)
+            self._resume = (start, n, p, first_done, hs, count, mode)
             return 0
         self._resume = None
         try:
@@ -240,21 +249,36 @@ class _HeadParser:
             self._resume = None
             raise ProtocolError(f"malformed head ({type(exc).__name__})") from exc
 
-    def _check_tail(self, buf, hs, p, n, first_done, count):
-        """Checks on the incomplete line ``buf[p:n]`` (no LF in it yet)."""
+    def _check_tail(self, buf, hs, p, n, first_done, count, old_n=-1, mode=0):
+        """Checks on the incomplete line ``buf[p:n]`` (no LF in it yet); returns the tail mode.
+
+        The mode says which part of the line the tail was in when it was last found valid
+        (``_TAIL_VALUE``: past a header's colon; ``_TAIL_TARGET``: inside the request target), so
+        that only the bytes added since ``old_n`` need checking on the next call.
+        """
         if n - hs > self._max_head_size:
             raise ProtocolError("head too large", 431)
+        if mode and old_n > p:
+            q = old_n - 1 if buf[old_n - 1] == 13 else old_n
+            cont = _VALUE_CONT if mode == _TAIL_VALUE else _TARGET_CONT
+            if cont.fullmatch(buf, q, n) is not None:
+                if not first_done:
+                    self._request_line_size(buf, hs, n)
+                return mode
         if not first_done:
             self._first_line_tail(buf, hs, n)
-            return
+            if self._is_request and buf.count(b" ", hs, n) == 1:
+                return _TAIL_TARGET
+            return 0
         if p >= n:
-            return
+            return 0
         if count >= self._max_headers and buf[p] != 13:
             raise ProtocolError("too many headers", 431)
         if _HEADER_LINE_PREFIX.fullmatch(buf, p, n) is None:
             raise _bad_header_line(buf, p, n) if buf.find(b"\r", p, n - 1) < 0 else ProtocolError(
                 "bare CR in header"
             )
+        return _TAIL_VALUE if buf.find(b":", p, n) >= 0 else 0
 
     def _parse(self, buf, start, n):
         hs = self._skip_leading(buf, start, n)
@@ -268,8 +292,9 @@ class _HeadParser:
 
         lf = find(b"\n", hs, n)
         if lf < 0:
-            self._resume = (start, n, hs, False, hs, 0)
-            self._check_tail(buf, hs, hs, n, False, 0)
+            self._resume = None
+            mode = self._check_tail(buf, hs, hs, n, False, 0)
+            self._resume = (start, n, hs, False, hs, 0, mode)
             return 0
         if lf == hs or buf[lf - 1] != 13:
             self._limit_before_bad(hs, lf + 1, lf - hs + 1)
@@ -282,8 +307,8 @@ class _HeadParser:
         while True:
             lf = find(b"\n", p, n)
             if lf < 0:
-                self._resume = (start, n, p, True, hs, count)
-                self._check_tail(buf, hs, p, n, True, count)
+                mode = self._check_tail(buf, hs, p, n, True, count)
+                self._resume = (start, n, p, True, hs, count, mode)
                 return 0
             e = lf + 1
             if lf == p or buf[lf - 1] != 13:
@@ -387,7 +412,9 @@ class _HeadParser:
             if not st.chunked:
                 raise ProtocolError("Transfer-Encoding does not end in chunked")
         conn = st.connection
-        self._conn_names = frozenset(conn)
+        # Framing and routing headers are never dropped because a Connection header names them:
+        # "Connection: content-length" must not let a client strip the framing upstream sees.
+        self._conn_names = frozenset(conn) - _NEVER_HOP
         self.version = st.version
         self.content_length = st.content_length
         self.chunked = st.chunked
@@ -517,12 +544,15 @@ class RequestParser(_HeadParser):
             at += 1
         return at
 
-    def _first_line_tail(self, buf, hs, n):
+    def _request_line_size(self, buf, hs, n):
         size = n - hs
         if buf[n - 1] == 13:
             size -= 1
         if size > self._max_request_line:
             raise ProtocolError("request line too long", 414)
+
+    def _first_line_tail(self, buf, hs, n):
+        self._request_line_size(buf, hs, n)
         if _REQUEST_LINE_PREFIX.fullmatch(buf, hs, n) is None:
             if buf.find(b"\r", hs, n - 1) >= 0:
                 raise ProtocolError("bare CR in head")
@@ -669,7 +699,8 @@ class ResponseParser(_HeadParser):
                 raise ProtocolError("bare CR in head")
             raise ProtocolError("bad status line")
         if m.group(1) != b"1" or m.group(2) not in (b"0", b"1"):
-            raise ProtocolError("unsupported HTTP version in status line")
+            # Same rule as the request line: a well-formed version other than 1.0/1.1 is 505.
+            raise ProtocolError("HTTP version not supported", 505)
         status = int(m.group(3))
         if status < 100 or status > 599:
             raise ProtocolError("status code out of range")
@@ -706,7 +737,7 @@ class ChunkedFramer:
     across ``feed`` calls is kept in ``_line`` (bounded by ``max_trailer_size``).
     """
 
-    __slots__ = ("done", "_max", "_state", "_remaining", "_line", "_trailer_bytes")
+    __slots__ = ("done", "_max", "_state", "_remaining", "_line", "_line_mode", "_trailer_bytes")
 
     def __init__(self, max_trailer_size=DEFAULT_MAX_TRAILER_SIZE):
         self._max = max_trailer_size
@@ -717,6 +748,7 @@ class ChunkedFramer:
         self._state = _CS_SIZE
         self._remaining = 0
         self._line = bytearray()
+        self._line_mode = 0
         self._trailer_bytes = 0
 
     def feed(self, buf, start, end):
@@ -774,20 +806,29 @@ class ChunkedFramer:
 
     def _partial(self, buf, p, end):
         line = self._line
+        old = len(line)
         line += buf[p:end]
         size = len(line)
         if self._state == _CS_SIZE:
             if size - (line[-1] == 13) > self._max:
                 raise ProtocolError("chunk size line too long", 431)
+        elif self._trailer_bytes + size > self._max:
+            raise ProtocolError("trailer section too large", 431)
+        if self._line_mode and old:
+            # Already past ";" (size line) or ":" (trailer): only the new bytes need a look.
+            q = old - 1 if line[old - 1] == 13 else old
+            if _VALUE_CONT.fullmatch(line, q) is not None:
+                return
+        if self._state == _CS_SIZE:
             if _CHUNK_SIZE_PREFIX.fullmatch(line) is None:
                 raise _bad_size_line(line, 0, size, partial=True)
+            self._line_mode = line.find(b";") >= 0
         else:
-            if self._trailer_bytes + size > self._max:
-                raise ProtocolError("trailer section too large", 431)
             if _HEADER_LINE_PREFIX.fullmatch(line) is None:
                 if line.find(b"\r", 0, size - 1) >= 0:
                     raise ProtocolError("bare CR in trailer")
                 raise _bad_header_line(line, 0, size, trailer=True)
+            self._line_mode = line.find(b":") >= 0
 
     def _line_done(self, buf, p, lf):
         """A line ends at ``buf[lf]`` (its earlier part may be in ``_line``); returns the state."""
@@ -795,6 +836,7 @@ class ChunkedFramer:
             line = self._line
             line += buf[p:lf + 1]
             self._line = bytearray()
+            self._line_mode = 0
             buf, p, lf = line, 0, len(line) - 1
         if lf == p or buf[lf - 1] != 13:
             raise ProtocolError("bare LF in chunked body")
