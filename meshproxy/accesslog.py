@@ -236,7 +236,7 @@ def _header_expr(which: str, arg: str, env: dict) -> str:
     """Expression for REQ(a?b) / RESP(a?b): the first header present, else None."""
     names = [n.strip().lower() for n in arg.split("?")]
     if not 1 <= len(names) <= 2 or not all(names):
-        raise ValueError(f"%{which}({arg})%: expected a header name or NAME?ALTERNATIVE")
+        raise ValueError(f"access log format: %{which}({arg})%: expected a header name or NAME?ALTERNATIVE")
     fields = _REQ_FIELDS if which == "REQ" else _RESP_FIELDS
     parts = []
     for n in names:
