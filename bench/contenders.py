@@ -192,7 +192,10 @@ class Meshproxy(Contender):
             why = ("exited with code %s" % self.server.proc.returncode if not self.server.alive()
                    else f"not ready after {self.ready_timeout:.0f}s")
             raise StartError(f"meshproxy failed to start ({why}): {_tail_lines(self.server.tail())}")
-        check_proxied(self.name, self.port, self.host)
+        try:
+            check_proxied(self.name, self.port, self.host)
+        except StartError as e:
+            raise StartError(f"{e}; meshproxy stderr: {_tail_lines(self.server.tail(), 3)}")
 
 
 class MeshproxyPy(Meshproxy):

@@ -46,16 +46,16 @@ def log(*a) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    p.add_argument("--warmup", type=float, default=2.0,
+    p.add_argument("--duration", type=float, help="seconds per wrk run (default 10)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
+    p.add_argument("--warmup", type=float,
                    help="seconds of unmeasured wrk per contender and connection count (default 2)")
     p.add_argument("--connections", default="50", help="comma list of wrk -c values (default 50)")
     p.add_argument("--contenders", default=",".join(DEFAULT_ORDER),
                    help=f"comma list from {','.join(DEFAULT_ORDER + EXTRA)} (default: all but "
                         f"{','.join(EXTRA)})")
     p.add_argument("--quick", action="store_true",
-                   help="CI mode: 3 s runs, 2 rounds, 1 s warm-up")
+                   help="CI mode: 3 s runs, 2 rounds, 1 s warm-up (explicit options still win)")
     p.add_argument("--check", action="store_true", help="exit non-zero when a target FAILs")
     p.add_argument("--min-nginx-ratio", type=float, default=0.8,
                    help="target: meshproxy requests/s >= this x nginx (default 0.8)")
@@ -69,8 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="replace the latest-results section of docs/benchmarks.md")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     a = p.parse_args(argv)
-    if a.quick:
-        a.duration, a.rounds, a.warmup = 3.0, 2, 1.0
+    defaults = (3.0, 2, 1.0) if a.quick else (10.0, 3, 2.0)
+    for attr, value in zip(("duration", "rounds", "warmup"), defaults):
+        if getattr(a, attr) is None:
+            setattr(a, attr, value)
     try:
         a.connections = [int(c) for c in a.connections.split(",") if c.strip()]
     except ValueError:
