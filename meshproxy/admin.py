@@ -26,6 +26,7 @@ server never lets an exception escape a connection handler.
 from __future__ import annotations
 
 import asyncio
+import http
 import json
 import logging
 import re
@@ -85,6 +86,13 @@ class _Response:
 
 
 JSON_TYPE = "application/json"
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
 
 
 def _json(obj: Any) -> _Response:
@@ -342,7 +350,7 @@ class _Port:
         headers = [("Content-Type", resp.content_type), ("Content-Length", str(len(resp.body))),
                    ("Cache-Control", "no-cache, max-age=0"), ("X-Content-Type-Options", "nosniff"),
                    ("Server", "meshproxy")] + resp.headers
-        out = conn.send(h11.Response(status_code=resp.status, headers=headers))
+        out = conn.send(h11.Response(status_code=resp.status, headers=headers, reason=_reason(resp.status)))
         if request.method != b"HEAD" and resp.body:
             out += conn.send(h11.Data(data=resp.body))
         out += conn.send(h11.EndOfMessage())
@@ -355,7 +363,7 @@ class _Port:
         body = f"{'bad request' if status < 500 else 'error'}: {why}\n".encode()
         if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             try:
-                out = conn.send(h11.Response(status_code=status, headers=[
+                out = conn.send(h11.Response(status_code=status, reason=_reason(status), headers=[
                     ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
                     ("Connection", "close")]))
                 out += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
