@@ -51,6 +51,8 @@ Hop-by-hop headers (``Connection``, ``Keep-Alive``, ``Proxy-Connection``, ``TE``
 plus every header named in a ``Connection`` value) are dropped by ``serialize``. When ``upgrade`` is set, the ``Upgrade`` line is kept as received and the ``Connection`` lines are
 replaced by the single line ``Connection: upgrade``, so the upstream sees the upgrade request.
 ``Transfer-Encoding`` is kept: bodies are forwarded with their framing unchanged.
+``X-Forwarded-For`` and ``X-Forwarded-Proto`` lines are dropped by the *request* ``serialize``: the
+proxy re-adds them (with the client address appended to ``forwarded_for``) in ``extra``.
 """
 
 from typing import Optional, Union
@@ -84,7 +86,15 @@ class RequestParser:
         expect_continue: True when ``Expect: 100-continue`` (case-insensitive) is present.
         head_length: bytes the head occupies (same as ``parse``'s return value).
         header_count: number of header lines.
+        is_head: True when the method is ``HEAD`` (the response has no body).
+        request_id: the value of the first ``X-Request-Id`` header, or ``None``.
+        forwarded_for: the values of all ``X-Forwarded-For`` headers joined with ``b", "``, or
+            ``None`` when there is none.
     """
+
+    is_head: bool
+    request_id: Optional[bytes]
+    forwarded_for: Optional[bytes]
 
     method: bytes
     target: bytes

@@ -39,6 +39,9 @@ cdef enum HeaderKind:
     H_PROXY_CONNECTION
     H_TE
     H_EXPECT
+    H_XFF
+    H_XFP
+    H_REQUEST_ID
 
 ctypedef struct HeaderLine:
     Py_ssize_t line_start   # first byte of the name
@@ -117,6 +120,12 @@ cdef int _classify(const char *p, Py_ssize_t n) noexcept:
         return H_TE
     if n == 6 and _ieq(p, n, b"expect", 6):
         return H_EXPECT
+    if n == 15 and _ieq(p, n, b"x-forwarded-for", 15):
+        return H_XFF
+    if n == 17 and _ieq(p, n, b"x-forwarded-proto", 17):
+        return H_XFP
+    if n == 12 and _ieq(p, n, b"x-request-id", 12):
+        return H_REQUEST_ID
     return H_OTHER
 
 
@@ -171,6 +180,7 @@ cdef class _HeadParser:
         bint _cl_seen
         long long _cl
         bint _expect_continue
+        int _nxff
         readonly int version
         readonly long long content_length
         readonly bint chunked
@@ -220,6 +230,7 @@ cdef class _HeadParser:
         self._cl_seen = False
         self._cl = -1
         self._expect_continue = False
+        self._nxff = 0
         self.content_length = -1
         self.chunked = False
         self.keep_alive = False
@@ -345,6 +356,10 @@ cdef class _HeadParser:
         cdef int kind = h.kind
         cdef Py_ssize_t i, ts, te, vs = h.value_start, ve = h.value_end
         cdef long long v
+        if kind == H_XFF or kind == H_XFP or kind == H_REQUEST_ID:
+            # Meaningful for requests only; RequestParser._finish marks X-Forwarded-* as dropped.
+            self._nxff += kind == H_XFF
+            return 0
         if kind == H_CONTENT_LENGTH:
             if ve == vs:
                 raise _err("empty Content-Length")
@@ -684,7 +699,38 @@ cdef class RequestParser(_HeadParser):
             h.drop = False
         self.is_head = (self._m_end - self._first_start == 4
                         and memcmp(p + self._first_start, b"HEAD", 4) == 0)
+        cdef Py_ssize_t i
+        for i in range(self._nhdrs):
+            if self._hdrs[i].kind == H_XFF or self._hdrs[i].kind == H_XFP:
+                self._hdrs[i].drop = True
         return 0
+
+    @property
+    def request_id(self):
+        cdef Py_ssize_t i
+        if not self._complete:
+            return None
+        for i in range(self._nhdrs):
+            if self._hdrs[i].kind == H_REQUEST_ID:
+                return bytes(self._buf[self._hdrs[i].value_start:self._hdrs[i].value_end])
+        return None
+
+    @property
+    def forwarded_for(self):
+        cdef Py_ssize_t i
+        if not self._complete or self._nxff == 0:
+            return None
+        vals = [bytes(self._buf[self._hdrs[i].value_start:self._hdrs[i].value_end])
+                for i in range(self._nhdrs) if self._hdrs[i].kind == H_XFF]
+        return b", ".join(vals)
+
+    @property
+    def has_request_id(self):
+        cdef Py_ssize_t i
+        for i in range(self._nhdrs):
+            if self._hdrs[i].kind == H_REQUEST_ID:
+                return True
+        return False
 
     @property
     def method(self):

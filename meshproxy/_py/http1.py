@@ -125,7 +125,7 @@ _CONNECTION_UPGRADE = b"Connection: upgrade\r\n"
 def _list_elements(value):
     """The non-empty, OWS-trimmed, lowercased elements of a comma list (RFC 9110 section 5.6.1)."""
     out = []
-    for item in value.split(b","):
+    for item in bytes(value).split(b","):
         item = item.strip(b" \t")
         if item:
             out.append(item.lower())

@@ -1,0 +1,165 @@
+"""The ``meshproxy`` command line."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from meshproxy import __version__
+
+EPILOG = """\
+examples:
+  meshproxy run --config mesh.yaml                      # outbound listener on 127.0.0.1:15001
+  meshproxy run --config mesh/ --workload default/ratings-1 --concurrency 2
+  meshproxy validate mesh.yaml
+  meshproxy demo --duration 20
+  curl -H 'Host: echo.default.svc.cluster.local' http://127.0.0.1:15001/
+
+Config is Istio YAML (ServiceEntry, WorkloadEntry) plus an optional meshproxy Bootstrap document;
+see docs/configuration.md.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="meshproxy", description="A service-mesh sidecar configured with Istio YAML.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="run the sidecar", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the sidecar on a config file or directory. SIGHUP reloads the config "
+                    "(an invalid one is rejected and the old one keeps serving); SIGTERM drains "
+                    "and exits 0.")
+    run.add_argument("--config", "-c", required=True, metavar="PATH",
+                     help="a YAML file or a directory of YAML files (multi-document)")
+    run.add_argument("--workload", "-w", metavar="NAME",
+                     help="this sidecar's WorkloadEntry, NAME or NAMESPACE/NAME: adds the inbound "
+                          "listener on the workload's address, port 15006")
+    run.add_argument("--concurrency", type=int, metavar="N",
+                     help="worker processes on SO_REUSEPORT (default: Bootstrap's, else 1)")
+    run.add_argument("--log-level", default="info",
+                     choices=["debug", "info", "warning", "error"], help="default: info")
+    run.add_argument("--outbound", metavar="ADDR:PORT",
+                     help="outbound listener (default 127.0.0.1:15001)")
+    run.add_argument("--inbound-port", type=int, metavar="PORT", help="default 15006")
+    run.add_argument("--admin", metavar="ADDR:PORT", help="admin listener (default 127.0.0.1:15000)")
+    run.add_argument("--prometheus-port", type=int, metavar="PORT",
+                     help="port serving /stats/prometheus (default 15090; 0 disables)")
+    run.add_argument("--status-port", type=int, metavar="PORT",
+                     help="port serving /healthz/ready (default 15021; 0 disables)")
+    run.add_argument("--access-log", metavar="PATH",
+                     help="access log file, or /dev/stdout (default: off)")
+    run.add_argument("--access-log-encoding", choices=["TEXT", "JSON"])
+    run.add_argument("--drain-duration", type=float, metavar="SECONDS",
+                     help="how long SIGTERM waits for in-flight requests (default 5)")
+
+    val = sub.add_parser("validate", help="check a config and exit 0 (valid) or 1 (errors)",
+                         description="Load, validate and compile a config without running it. "
+                                     "Prints a one-line summary, or every error with its file, "
+                                     "resource and field path.")
+    val.add_argument("path", metavar="PATH", help="a YAML file or directory")
+    val.add_argument("--workload", "-w", metavar="NAME", help="compile for this WorkloadEntry")
+
+    demo = sub.add_parser("demo", help="run the built-in demo mesh with live traffic",
+                          description="Start small demo services, a sidecar in front of them and "
+                                      "a load generator, and print a live summary of requests, "
+                                      "endpoints and latencies. Ctrl-C stops everything.")
+    demo.add_argument("--duration", type=float, default=0,
+                      help="stop after this many seconds (default: run until Ctrl-C)")
+    demo.add_argument("--rate", type=float, default=200, help="requests per second (default 200)")
+
+    sub.add_parser("version", help="print the version")
+    return ap
+
+
+def _hostport(value: str, flag: str):
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SystemExit(f"meshproxy: {flag}: expected ADDRESS:PORT, got {value!r}")
+    return host, int(port)
+
+
+def _overrides(args) -> dict:
+    o: dict = {}
+    if args.concurrency is not None:
+        o["concurrency"] = args.concurrency
+    if args.outbound:
+        o["outbound_address"], o["outbound_port"] = _hostport(args.outbound, "--outbound")
+    if args.inbound_port is not None:
+        o["inbound_port"] = args.inbound_port
+    if args.admin:
+        o["admin_address"], o["admin_port"] = _hostport(args.admin, "--admin")
+    if args.prometheus_port is not None:
+        o["prometheus_port"] = args.prometheus_port
+    if args.status_port is not None:
+        o["status_port"] = args.status_port
+    if args.access_log:
+        o["access_log_file"] = args.access_log
+    if args.access_log_encoding:
+        o["access_log_encoding"] = args.access_log_encoding
+    if args.drain_duration is not None:
+        o["drain_duration"] = args.drain_duration
+    return o
+
+
+def cmd_validate(args) -> int:
+    from control import ConfigError, build_snapshot
+
+    try:
+        snap = build_snapshot(args.path, workload=args.workload)
+    except ConfigError as e:
+        for issue in e.issues:
+            print(issue)
+        n = len(e.issues)
+        print(f"{args.path}: {n} error{'s' if n != 1 else ''}", file=sys.stderr)
+        return 1
+    for w in snap.warnings:
+        print(f"warning: {w}")
+    eps = sum(len(c.endpoints) for c in snap.clusters)
+    hosts = len({c.service for c in snap.clusters if c.service})
+    print(f"{args.path}: valid: {len(snap.sources)} file(s), {hosts} service(s), "
+          f"{len(snap.clusters)} cluster(s), {eps} endpoint(s), {len(snap.warnings)} warning(s); "
+          f"snapshot {snap.version}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from control import ConfigError
+    from meshproxy.runner import ConfigSource, run
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    source = ConfigSource(args.config, args.workload, _overrides(args))
+    try:
+        snap = source.load()
+    except ConfigError as e:
+        print(f"meshproxy: invalid config {args.config}:", file=sys.stderr)
+        for issue in e.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 1
+    return run(source, snap)
+
+
+def main(argv=None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if args.cmd == "run":
+        return cmd_run(args)
+    if args.cmd == "validate":
+        return cmd_validate(args)
+    if args.cmd == "demo":
+        from meshproxy.demo import main as demo_main
+        return demo_main(duration=args.duration, rate=args.rate)
+    if args.cmd == "version":
+        from meshproxy.core import COMPILED
+        print(f"meshproxy {__version__} ({'compiled' if COMPILED else 'pure-Python'} core, "
+              f"Python {sys.version.split()[0]}, pid {os.getpid()})")
+        return 0
+    ap.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

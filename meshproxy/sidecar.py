@@ -1,0 +1,240 @@
+"""The sidecar in one process: applies snapshots, owns listeners, pools and counters.
+
+``Sidecar.apply(snapshot)`` builds the data plane's runtime objects (``conn.Cluster``,
+``conn.ProxyContext``) from a ``control.snapshot.Snapshot`` and swaps each listener's context in
+one assignment: requests already in flight keep the objects they started with. Endpoints (and
+their idle upstream connections) and counters are keyed by address and by name and survive
+reloads, so a reload neither drops warm connections nor resets metrics.
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import time
+from typing import Optional
+
+from control.snapshot import Snapshot
+from meshproxy import __version__
+from meshproxy.core import COMPILED, conn, counters
+
+log = logging.getLogger("meshproxy")
+
+
+class Sidecar:
+    """The data plane of one worker process, plus what its admin endpoints read."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, reuse_port: bool = False,
+                 worker_id: int = 0):
+        self.loop = loop
+        self.reuse_port = reuse_port
+        self.worker_id = worker_id
+        self.snapshot: Optional[Snapshot] = None
+        self.endpoints: dict = {}  # (address, port) -> conn.Endpoint
+        self.cluster_stats: dict = {}  # cluster name -> ClusterStats
+        self.listener_stats: dict = {}  # listener name -> ClusterStats
+        self.clusters: dict = {}  # cluster name -> conn.Cluster (current snapshot)
+        self.listeners: dict = {}  # listener name -> conn.Listener
+        self.bound: dict = {}  # listener name -> (address, port)
+        self.access_log = None
+        self._access_log_key = None
+        self.state = "PRE_INITIALIZING"
+        self.started = time.time()
+        self._tick_handle = None
+        self._closed = asyncio.Event()
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    async def apply(self, snap: Snapshot) -> None:
+        """Make ``snap`` the active configuration (binding or moving listeners as needed).
+
+        Raises:
+            OSError: a listener could not be bound; the previous snapshot stays active.
+        """
+        b = snap.bootstrap
+        access_log = self._access_log_for(b)
+        clusters = {}
+        live = set()
+        for c in snap.clusters:
+            stats = self.cluster_stats.get(c.name)
+            if stats is None:
+                stats = self.cluster_stats[c.name] = counters.ClusterStats(c.name)
+            eps = []
+            for e in c.endpoints:
+                key = (e.address, e.port)
+                ep = self.endpoints.get(key)
+                if ep is None:
+                    ep = self.endpoints[key] = conn.Endpoint(e.address, e.port)
+                ep.connect_timeout = c.connect_timeout
+                ep.idle_timeout = c.idle_timeout
+                ep.max_idle = c.max_idle_per_endpoint
+                live.add(key)
+                eps.append(ep)
+            clusters[c.name] = conn.Cluster(c.name, eps, [max(1, e.weight) for e in c.endpoints],
+                                            stats, c)
+        contexts = {}
+        for lst in snap.listeners:
+            stats = self.listener_stats.get(lst.name)
+            if stats is None:
+                stats = self.listener_stats[lst.name] = counters.ClusterStats(lst.name)
+            routes = {}
+            route_names = {}
+            for vh in lst.virtual_hosts:
+                target = clusters.get(vh.routes[0].cluster) if vh.routes else None
+                if target is None:
+                    continue
+                for d in vh.domains:
+                    routes[d.encode("ascii")] = target
+                    route_names[d.encode("ascii")] = vh.routes[0].name
+            default = clusters.get(lst.default_cluster) if lst.default_cluster else None
+            contexts[lst.name] = conn.ProxyContext(
+                lst.name, routes, default, stats, access_log,
+                max_head_size=b.limits.max_request_headers_kb * 1024,
+                max_request_line=b.limits.max_request_line,
+                max_headers=b.limits.max_headers, version=snap.version,
+                route_names=route_names)
+        # Bind new listeners (or moved ones) before switching anything, so a failure changes
+        # nothing.
+        new_servers = {}
+        try:
+            for lst in snap.listeners:
+                addr = (lst.address, lst.port)
+                if self.bound.get(lst.name) == addr and lst.name in self.listeners:
+                    continue
+                listener = conn.Listener(contexts[lst.name], self.loop)
+                server = await self.loop.create_server(
+                    listener.protocol_factory, lst.address, lst.port,
+                    reuse_port=self.reuse_port or None, backlog=2048)
+                listener.server = server
+                new_servers[lst.name] = (listener, addr)
+        except OSError:
+            for listener, _ in new_servers.values():
+                listener.server.close()
+            raise
+        # Switch.
+        for name, listener in list(self.listeners.items()):
+            if name in new_servers or name not in contexts:
+                listener.server.close()
+                listener.drain()
+                del self.listeners[name]
+                self.bound.pop(name, None)
+            else:
+                listener.ctx = contexts[name]
+        for name, (listener, addr) in new_servers.items():
+            self.listeners[name] = listener
+            self.bound[name] = addr
+        self.clusters = clusters
+        self.snapshot = snap
+        # Endpoints no longer in any cluster: close their idle connections.
+        for key in [k for k in self.endpoints if k not in live]:
+            self.endpoints.pop(key).close_idle()
+        if self.state == "PRE_INITIALIZING":
+            self.state = "LIVE"
+            self._tick()
+
+    def _access_log_for(self, b):
+        key = (b.access_log_file, b.access_log_encoding, b.access_log_format)
+        if not b.access_log_file:
+            if self.access_log is not None:
+                self.access_log.close()
+            self.access_log, self._access_log_key = None, key
+            return None
+        if key != self._access_log_key:
+            from meshproxy.accesslog import AccessLog
+            new = AccessLog(b.access_log_file, b.access_log_encoding, b.access_log_format)
+            if self.access_log is not None:
+                self.access_log.close()
+            self.access_log, self._access_log_key = new, key
+        return self.access_log
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    def _tick(self):
+        """Once a second: the Date header, idle-connection expiry, access-log flush."""
+        now = time.monotonic()
+        conn.set_date(email.utils.formatdate(usegmt=True).encode("ascii"))
+        for ep in self.endpoints.values():
+            if ep.idle:
+                ep.sweep(now)
+        if self.access_log is not None:
+            self.access_log.flush()
+        self._tick_handle = self.loop.call_later(1.0, self._tick)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``timeout`` s), then close."""
+        self.state = "DRAINING"
+        for listener in self.listeners.values():
+            listener.server.close()
+            listener.drain()
+        deadline = self.loop.time() + timeout
+        while self.loop.time() < deadline:
+            if not any(listener.connections for listener in self.listeners.values()):
+                break
+            await asyncio.sleep(0.05)
+        for listener in self.listeners.values():
+            for c in list(listener.connections):
+                c._close()
+        for ep in self.endpoints.values():
+            ep.close_idle()
+        if self.access_log is not None:
+            self.access_log.flush()
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+
+    # -- what the admin endpoints read (AdminProvider) -------------------------------------
+
+    def ready(self) -> bool:
+        return self.state == "LIVE"
+
+    def config_dump(self) -> dict:
+        d = self.snapshot.to_dict() if self.snapshot else {}
+        return {"snapshot": d, "compiled_core": COMPILED}
+
+    def cluster_infos(self) -> list:
+        out = []
+        snap = self.snapshot
+        if snap is None:
+            return out
+        for c in snap.clusters:
+            eps = []
+            for e in c.endpoints:
+                ep = self.endpoints.get((e.address, e.port))
+                eps.append({
+                    "address": e.address, "port": e.port, "health": ep.health if ep else "UNKNOWN",
+                    "weight": e.weight, "locality": e.locality, "workload": e.workload,
+                    "sidecar": e.sidecar, "rq_active": ep.rq_active if ep else 0,
+                    "rq_total": ep.rq_total if ep else 0, "cx_active": ep.cx_active if ep else 0,
+                    "cx_idle": len(ep.idle) if ep else 0,
+                })
+            out.append({"name": c.name, "direction": c.direction, "service": c.service,
+                        "namespace": c.namespace, "port": c.port, "lb_policy": c.lb_policy,
+                        "endpoints": eps})
+        return out
+
+    def local_stats(self) -> dict:
+        return {
+            "clusters": [s.snapshot() for s in self.cluster_stats.values()],
+            "listeners": [s.snapshot() for s in self.listener_stats.values()],
+        }
+
+    async def stats(self) -> dict:
+        d = self.local_stats()
+        d["workload"] = _workload_dict(self.snapshot)
+        return d
+
+    def server_info(self) -> dict:
+        return {
+            "version": __version__, "state": self.state,
+            "uptime_s": int(time.time() - self.started), "concurrency": 1,
+            "snapshot_version": self.snapshot.version if self.snapshot else None,
+            "compiled_core": COMPILED, "pid": os.getpid(),
+        }
+
+
+def _workload_dict(snap: Optional[Snapshot]):
+    if snap is None or snap.workload is None:
+        return None
+    w = snap.workload
+    return {"name": w.name, "namespace": w.namespace, "labels": dict(w.labels),
+            "service_account": w.service_account}
