@@ -1,0 +1,266 @@
+"""Hypothesis properties of the http1 twins.
+
+* any bytes either parse (or ask for more) or raise ``ProtocolError``, never anything else
+  (request parser, response parser, chunked framer);
+* feeding a valid generated head in pieces, at random split points, never changes the result;
+* the pure-Python and compiled twins agree on every generated input: same outcome, same
+  attributes, same ``headers()`` and same ``serialize()`` output (when the compiled one is built).
+"""
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meshproxy._py import http1 as py_http1
+from meshproxy.errors import ProtocolError
+
+try:
+    from test_http1 import compiled_http1
+except ImportError:  # tests/ imported as a package
+    from tests.test_http1 import compiled_http1
+
+C_HTTP1 = compiled_http1()
+TWINS = [pytest.param(py_http1, id="py"), pytest.param(
+    C_HTTP1, id="c", marks=pytest.mark.skipif(C_HTTP1 is None, reason="compiled meshproxy._core.http1 is not built"))]
+needs_c = pytest.mark.skipif(C_HTTP1 is None, reason="compiled meshproxy._core.http1 is not built")
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+MEDIUM = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+REQ_ATTRS = ("method", "target", "path", "host", "absolute", "version", "content_length", "chunked",
+             "keep_alive", "upgrade", "expect_continue", "head_length", "header_count")
+RESP_ATTRS = ("status", "version", "content_length", "chunked", "keep_alive", "upgrade", "head_length",
+              "header_count")
+
+# --- strategies ---------------------------------------------------------------------------------
+TCHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+token = st.binary(min_size=1, max_size=12).map(lambda b: bytes(TCHARS[x % len(TCHARS)] for x in b))
+vchar = st.integers(0x21, 0x7E) | st.integers(0x80, 0xFF)
+value = st.lists(vchar | st.sampled_from([0x20, 0x09]), max_size=20).map(bytes).map(lambda v: v.strip(b" \t"))
+ows = st.sampled_from([b"", b" ", b"\t", b"  "])
+path = st.lists(st.integers(0x21, 0x7E), max_size=20).map(lambda b: b"/" + bytes(b))
+host = st.sampled_from([b"example.com", b"A.example:8080", b"[::1]", b"x"])
+framing = st.sampled_from([
+    [], [b"Content-Length: 5"], [b"Content-Length: 0", b"content-length: 0"], [b"Transfer-Encoding: chunked"],
+    [b"Transfer-Encoding: gzip, chunked"], [b"Connection: close"], [b"Connection: keep-alive"],
+    [b"Connection: Upgrade, X-A", b"Upgrade: websocket"], [b"Expect: 100-continue"], [b"TE: trailers"],
+    [b"Connection: x-a", b"X-A: 1"],
+])
+
+
+@st.composite
+def header_lines(draw):
+    lines = []
+    for name, val in draw(st.lists(st.tuples(token, value), max_size=6)):
+        if name.lower() in (b"host", b"content-length", b"transfer-encoding"):
+            continue
+        lines.append(name + b":" + draw(ows) + val + (draw(ows) if val else b""))
+    lines += draw(framing)
+    return draw(st.permutations(lines)) if lines else lines
+
+
+@st.composite
+def valid_request(draw):
+    method = draw(st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"PATCH"]) | token)
+    version = draw(st.sampled_from([b"1.1", b"1.0"]))
+    target = draw(path | st.builds(lambda h, p: b"http://" + h + p, host, path))
+    lines = draw(header_lines())
+    if version == b"1.0":
+        lines = [line for line in lines if not line.lower().startswith(b"transfer-encoding")]
+    lines.insert(draw(st.integers(0, len(lines))), b"Host: " + draw(host))
+    lead = b"\r\n" * draw(st.integers(0, 2))
+    return lead + method + b" " + target + b" HTTP/" + version + b"\r\n" + b"".join(
+        line + b"\r\n" for line in lines) + b"\r\n"
+
+
+@st.composite
+def valid_response(draw):
+    version = draw(st.sampled_from([b"1.1", b"1.0"]))
+    status = draw(st.integers(100, 599))
+    reason = draw(st.sampled_from([b" OK", b" ", b"", b" Not Found", b" a\tb"]))
+    lines = draw(header_lines())
+    return b"HTTP/" + version + b" %d" % status + reason + b"\r\n" + b"".join(
+        line + b"\r\n" for line in lines) + b"\r\n"
+
+
+@st.composite
+def chunked_body(draw):
+    out = b""
+    for data in draw(st.lists(st.binary(min_size=1, max_size=20), max_size=4)):
+        size = b"%x" % len(data)
+        if draw(st.booleans()):
+            size = size.upper().rjust(draw(st.integers(1, 4)), b"0")
+        ext = draw(st.sampled_from([b"", b";a=b", b";x"]))
+        out += size + ext + b"\r\n" + data + b"\r\n"
+    out += b"0\r\n"
+    for name, val in draw(st.lists(st.tuples(token, value), max_size=2)):
+        out += name + b": " + val + b"\r\n"
+    return out + b"\r\n"
+
+
+NASTY = [b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b",", b";", b"\x00", b"\x7f", b"\xff", b"0", b"-",
+         b"Content-Length: 1\r\n", b"Transfer-Encoding: chunked\r\n", b"Host: a\r\n", b"HTTP/1.1", b"\r\n\r\n"]
+
+
+@st.composite
+def mutated(draw, base):
+    raw = bytearray(draw(base))
+    for _ in range(draw(st.integers(1, 4))):
+        pos = draw(st.integers(0, len(raw)))
+        op = draw(st.sampled_from(["insert", "delete", "replace"]))
+        if op == "insert":
+            raw[pos:pos] = draw(st.sampled_from(NASTY) | st.binary(min_size=1, max_size=3))
+        elif op == "delete":
+            del raw[pos:pos + draw(st.integers(1, 3))]
+        else:
+            raw[pos:pos + 1] = draw(st.sampled_from(NASTY))
+    return bytes(raw)
+
+
+any_request = st.binary(max_size=200) | valid_request() | mutated(valid_request())
+any_response = st.binary(max_size=200) | valid_response() | mutated(valid_response())
+any_chunked = st.binary(max_size=100) | chunked_body() | mutated(chunked_body())
+
+
+# --- drivers ------------------------------------------------------------------------------------
+def outcome(parser, buf, attrs, start=0):
+    """("accept", n, attributes, headers, serialize) / ("reject", hint) / ("incomplete",)."""
+    try:
+        n = parser.parse(buf, start)
+    except ProtocolError as exc:
+        return ("reject", exc.status_hint)
+    if not n:
+        return ("incomplete",)
+    return ("accept", n, tuple(getattr(parser, a) for a in attrs), parser.headers(), parser.serialize())
+
+
+def split_outcome(parser, raw, cuts, attrs):
+    """Feed ``raw`` through a growing bytearray, calling parse at every cut and at the end."""
+    buf = bytearray()
+    for end in sorted(set(cuts)) + [len(raw)]:
+        buf += raw[len(buf):end]
+        out = outcome(parser, buf, attrs)
+        if out[0] != "incomplete":
+            return out
+    return out
+
+
+def framer_outcome(framer, raw, cuts):
+    total = 0
+    prev = 0
+    try:
+        for end in sorted(set(cuts)) + [len(raw)]:
+            got = framer.feed(raw, prev, end)
+            total += got
+            if framer.done:
+                return ("done", total)
+            assert got == end - prev
+            prev = end
+    except ProtocolError as exc:
+        return ("reject", exc.status_hint)
+    return ("more", total)
+
+
+# --- any bytes: parse or ProtocolError, nothing else --------------------------------------------
+@pytest.mark.parametrize("mod", TWINS)
+@MEDIUM
+@given(raw=any_request, start=st.integers(0, 3))
+def test_request_parser_never_leaks(mod, raw, start):
+    outcome(mod.RequestParser(), raw, REQ_ATTRS, min(start, len(raw)))
+
+
+@pytest.mark.parametrize("mod", TWINS)
+@MEDIUM
+@given(raw=any_response)
+def test_response_parser_never_leaks(mod, raw):
+    outcome(mod.ResponseParser(), raw, RESP_ATTRS)
+
+
+@pytest.mark.parametrize("mod", TWINS)
+@MEDIUM
+@given(raw=any_chunked, cuts=st.lists(st.integers(0, 100), max_size=3))
+def test_chunked_framer_never_leaks(mod, raw, cuts):
+    framer_outcome(mod.ChunkedFramer(), raw, [c for c in cuts if c <= len(raw)])
+
+
+# --- split points never change the result --------------------------------------------------------
+@pytest.mark.parametrize("mod", TWINS)
+@FAST
+@given(raw=valid_request(), data=st.data())
+def test_request_split_points(mod, raw, data):
+    whole = outcome(mod.RequestParser(), raw, REQ_ATTRS)
+    assert whole[0] == "accept" and whole[1] == len(raw), whole
+    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=6))
+    assert split_outcome(mod.RequestParser(), raw, cuts, REQ_ATTRS) == whole
+
+
+@pytest.mark.parametrize("mod", TWINS)
+@FAST
+@given(raw=valid_response(), data=st.data())
+def test_response_split_points(mod, raw, data):
+    whole = outcome(mod.ResponseParser(), raw, RESP_ATTRS)
+    assert whole[0] == "accept" and whole[1] == len(raw), whole
+    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=6))
+    assert split_outcome(mod.ResponseParser(), raw, cuts, RESP_ATTRS) == whole
+
+
+@pytest.mark.parametrize("mod", TWINS)
+@FAST
+@given(raw=chunked_body(), data=st.data())
+def test_chunked_split_points(mod, raw, data):
+    assert framer_outcome(mod.ChunkedFramer(), raw, []) == ("done", len(raw))
+    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=6))
+    assert framer_outcome(mod.ChunkedFramer(), raw, cuts) == ("done", len(raw))
+
+
+@pytest.mark.parametrize("mod", TWINS)
+@FAST
+@given(raw=mutated(valid_request()), data=st.data())
+def test_request_split_points_keep_status_hint(mod, raw, data):
+    # on arbitrary input only the outcome kind, the length and the status hint are compared
+    whole = outcome(mod.RequestParser(), raw, REQ_ATTRS)
+    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=4))
+    assert split_outcome(mod.RequestParser(), raw, cuts, REQ_ATTRS)[:2] == whole[:2]
+
+
+# --- the twins agree ----------------------------------------------------------------------------
+def _settled(a, b):
+    """Both twins reached a verdict (the "raise at once" rule is checked on its own below)."""
+    return a[0] != "incomplete" and b[0] != "incomplete"
+
+
+@needs_c
+@MEDIUM
+@given(raw=any_request)
+def test_twins_agree_on_requests(raw):
+    raw += b"\r\n\r\n"  # most inputs then hold a complete head
+    a = outcome(py_http1.RequestParser(), raw, REQ_ATTRS)
+    b = outcome(C_HTTP1.RequestParser(), raw, REQ_ATTRS)
+    if _settled(a, b):
+        assert a == b
+
+
+@needs_c
+@MEDIUM
+@given(raw=any_response)
+def test_twins_agree_on_responses(raw):
+    raw += b"\r\n\r\n"
+    a = outcome(py_http1.ResponseParser(), raw, RESP_ATTRS)
+    b = outcome(C_HTTP1.ResponseParser(), raw, RESP_ATTRS)
+    if _settled(a, b):
+        assert a == b
+
+
+@needs_c
+@MEDIUM
+@given(raw=any_request)
+def test_twins_agree_on_early_rejection(raw):
+    # Contract: parse "raises at once when what it has already proves the head bad".
+    assert outcome(py_http1.RequestParser(), raw, REQ_ATTRS) == outcome(C_HTTP1.RequestParser(), raw, REQ_ATTRS)
+
+
+@needs_c
+@MEDIUM
+@given(raw=any_chunked, cuts=st.lists(st.integers(0, 100), max_size=3))
+def test_twins_agree_on_chunked(raw, cuts):
+    cuts = [c for c in cuts if c <= len(raw)]
+    assert framer_outcome(py_http1.ChunkedFramer(), raw, cuts) == framer_outcome(C_HTTP1.ChunkedFramer(), raw, cuts)
