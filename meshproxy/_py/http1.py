@@ -61,11 +61,11 @@ def _nested_prefix(*parts):
     return out
 
 
-# Every prefix of a line that could still become a request line (for the incomplete tail).
+# Every prefix of a line that could still become a request line (for the incomplete tail); a CR
+# is only a valid prefix where the line could end.
 _REQUEST_LINE_PREFIX = re.compile(
     _nested_prefix(_TCHAR + rb"+", b" ", rb"[\x21-\x7e]+", b" ", *(bytes([c]) for c in b"HTTP/"),
-                   b"[0-9]", rb"\.", b"[0-9]")
-    + rb"\r?"
+                   b"[0-9]", rb"\.", rb"[0-9]\r?")
 )
 _ANY_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 
@@ -74,8 +74,7 @@ _ANY_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _STATUS_LINE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _STATUS_LINE_PREFIX = re.compile(
     _nested_prefix(*(bytes([c]) for c in b"HTTP/"), b"[0-9]", rb"\.", b"[0-9]", b" ", b"[0-9]",
-                   b"[0-9]", b"[0-9]", b" ", rb"[\t\x20-\x7e\x80-\xff]*")
-    + rb"\r?"
+                   b"[0-9]", rb"[0-9](?:\r| [\t\x20-\x7e\x80-\xff]*\r?)?")
 )
 
 # field-line = field-name ":" OWS field-value OWS
@@ -99,7 +98,7 @@ _AUTHORITY_FORM = re.compile(rb"[A-Za-z0-9.:_~!$&'()*+,;=%\[\]\-]*:[0-9]+")
 
 # chunk-size [ chunk-ext ] CRLF; chunk-ext is "; then anything but CTLs other than HTAB"
 _CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[\t\x20-\x7e\x80-\xff]*)?")
-_CHUNK_SIZE_PREFIX = re.compile(rb"(?:[0-9A-Fa-f]{1,16}(?:;[\t\x20-\x7e\x80-\xff]*)?)?\r?")
+_CHUNK_SIZE_PREFIX = re.compile(rb"(?:[0-9A-Fa-f]{1,16}(?:;[\t\x20-\x7e\x80-\xff]*)?\r?)?")
 
 _KNOWN_CODINGS = frozenset(
     (b"chunked", b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress", b"identity")
