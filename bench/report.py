@@ -67,6 +67,18 @@ def aggregate(contenders: list[str], connections: list[int], samples: list[dict]
     return rows
 
 
+def paired_ratio(samples: list[dict], a: str, b: str, conns: int) -> Optional[float]:
+    """Median over rounds of rps(a, round) / rps(b, round): interleaved neighbours share the
+    machine's mood of the moment, so this is steadier than a ratio of medians on a noisy box."""
+    def by_round(name):
+        return {s["round"]: s["rps"] for s in samples
+                if s["contender"] == name and s["connections"] == conns and not s.get("warmup")
+                and not s.get("error") and s.get("rps")}
+    ra, rb = by_round(a), by_round(b)
+    ratios = [ra[r] / rb[r] for r in ra if r in rb]
+    return statistics.median(ratios) if ratios else None
+
+
 def _find(rows: list[Row], name: str, conns: int) -> Optional[Row]:
     for r in rows:
         if r.contender == name and r.connections == conns:
@@ -118,7 +130,8 @@ class Check:
 
 
 def check_targets(rows: list[Row], contenders: list[str], connections: list[int],
-                  min_nginx_ratio: float, min_py_speedup: float, max_rss_mb: float) -> list[Check]:
+                  min_nginx_ratio: float, min_py_speedup: float, max_rss_mb: float,
+                  samples: Optional[list[dict]] = None) -> list[Check]:
     """The targets: meshproxy >= min_nginx_ratio x nginx, >= min_py_speedup x meshproxy-py,
     RSS < max_rss_mb. Checked at every connection count measured."""
     out: list[Check] = []
@@ -139,8 +152,10 @@ def check_targets(rows: list[Row], contenders: list[str], connections: list[int]
             return
         ratio = a.rps_median / b.rps_median
         status = "PASS" if ratio >= minimum else "FAIL"
+        paired = paired_ratio(samples or [], "meshproxy", other, conns)
+        extra = f"; paired per-round ratio {paired:.2f}x" if paired is not None else ""
         out.append(Check(status, f"{what}: {ratio:.2f}x ({a.rps_median:,.0f} vs "
-                                 f"{b.rps_median:,.0f}) [{label}]"))
+                                 f"{b.rps_median:,.0f}{extra}) [{label}]"))
 
     for conns in connections:
         compare("nginx ratio", "nginx", min_nginx_ratio, conns)

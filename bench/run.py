@@ -236,7 +236,7 @@ def main(argv=None) -> int:
     rows = aggregate(args.contenders, args.connections, samples, failures)
     table = markdown_table(rows)
     checks = check_targets(rows, args.contenders, args.connections, args.min_nginx_ratio,
-                           args.min_py_speedup, args.max_rss_mb)
+                           args.min_py_speedup, args.max_rss_mb, samples)
     stamp = started.strftime("%Y-%m-%dT%H%M%SZ")
     header = (f"Run {started.strftime('%Y-%m-%d %H:%M UTC')}, commit {env['commit']}"
               f"{' (dirty tree)' if env['dirty'] else ''}, {env['cpus']} CPUs, "
