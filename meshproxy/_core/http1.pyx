@@ -43,18 +43,6 @@ cdef enum HeaderKind:
     H_XFP
     H_REQUEST_ID
 
-ctypedef struct HeaderLine:
-    Py_ssize_t line_start   # first byte of the name
-    Py_ssize_t name_end     # the colon
-    Py_ssize_t value_start  # first byte of the value (after OWS)
-    Py_ssize_t value_end    # one past the value's last byte (before OWS)
-    Py_ssize_t line_end     # one past the LF
-    int kind
-    bint drop               # hop-by-hop: not forwarded
-
-cdef enum:
-    MAX_CONN_TOKENS = 16
-
 # tchar (RFC 9110 section 5.6.2) and field-value bytes, as lookup tables built at import.
 cdef unsigned char TCHAR[256]
 cdef unsigned char VCHAR_OK[256]   # allowed inside a field value: HTAB, SP, VCHAR, obs-text
@@ -85,8 +73,34 @@ cdef void _init_tables() noexcept:
 _init_tables()
 
 # Interned methods: the common ones cost no allocation per request.
-cdef dict _METHODS = {m: m for m in (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS",
-                                     b"PATCH", b"CONNECT", b"TRACE")}
+cdef bytes _M_GET = b"GET"
+cdef bytes _M_POST = b"POST"
+cdef bytes _M_PUT = b"PUT"
+cdef bytes _M_DELETE = b"DELETE"
+cdef bytes _M_HEAD = b"HEAD"
+cdef bytes _M_OPTIONS = b"OPTIONS"
+cdef bytes _M_PATCH = b"PATCH"
+cdef bytes _M_CONNECT = b"CONNECT"
+
+
+cdef object _method(const char *p, Py_ssize_t n):
+    if n == 3 and memcmp(p, b"GET", 3) == 0:
+        return _M_GET
+    if n == 4 and memcmp(p, b"POST", 4) == 0:
+        return _M_POST
+    if n == 4 and memcmp(p, b"HEAD", 4) == 0:
+        return _M_HEAD
+    if n == 3 and memcmp(p, b"PUT", 3) == 0:
+        return _M_PUT
+    if n == 6 and memcmp(p, b"DELETE", 6) == 0:
+        return _M_DELETE
+    if n == 7 and memcmp(p, b"OPTIONS", 7) == 0:
+        return _M_OPTIONS
+    if n == 5 and memcmp(p, b"PATCH", 5) == 0:
+        return _M_PATCH
+    if n == 7 and memcmp(p, b"CONNECT", 7) == 0:
+        return _M_CONNECT
+    return PyBytes_FromStringAndSize(p, n)
 
 
 cdef inline bint _ieq(const char *p, Py_ssize_t n, const char *lit, Py_ssize_t litn) noexcept:
@@ -142,51 +156,8 @@ cdef object _err(str msg, int status=400):
     return ProtocolError(msg, status)
 
 
-@cython.internal
 cdef class _HeadParser:
     """Shared line scanner and header interpretation for requests and responses."""
-
-    cdef:
-        # limits
-        Py_ssize_t max_head_size
-        Py_ssize_t max_headers
-        Py_ssize_t max_first_line
-        # the buffer of the last parse and where the head starts/ends in it
-        object _buf
-        const char *_p  # valid only during parse()
-        Py_ssize_t _start
-        Py_ssize_t _first_start   # first byte of the request/status line (after skipped CRLFs)
-        Py_ssize_t _first_end     # CR of the request/status line
-        Py_ssize_t _pos           # next unscanned line
-        bint _first_done
-        bint _complete
-        # headers
-        HeaderLine *_hdrs
-        Py_ssize_t _nhdrs
-        # Connection tokens that name other headers (hop-by-hop by listing)
-        Py_ssize_t _ctok_start[MAX_CONN_TOKENS]
-        Py_ssize_t _ctok_end[MAX_CONN_TOKENS]
-        int _nctok
-        # interpretation
-        int _host_idx
-        int _upgrade_idx
-        bint _conn_close
-        bint _conn_keep_alive
-        bint _conn_upgrade
-        bint _te_seen
-        int _te_chunked_count
-        bint _te_last_chunked
-        bint _te_empty
-        bint _cl_seen
-        long long _cl
-        bint _expect_continue
-        int _nxff
-        readonly int version
-        readonly long long content_length
-        readonly bint chunked
-        readonly bint keep_alive
-        readonly Py_ssize_t head_length
-        readonly Py_ssize_t header_count
 
     def __cinit__(self, *args, **kwargs):
         self._hdrs = NULL
@@ -260,7 +231,7 @@ cdef class _HeadParser:
         pos = self._pos
         if not self._first_done:
             # Skip up to 8 empty lines before the request line (RFC 9112 section 2.2).
-            skipped = 0
+            skipped = <int>((pos - start) // 2) if self._is_request else 8
             while pos + 1 < n and p[pos] == b'\r' and p[pos + 1] == b'\n' and skipped < 8:
                 pos += 2
                 skipped += 1
@@ -277,6 +248,7 @@ cdef class _HeadParser:
                     raise self._first_line_too_long()
                 if n - self._first_start > self.max_head_size:
                     raise _err("head larger than %d bytes" % self.max_head_size, 431)
+                self._check_partial(p, ls, n)
                 self._pos = ls
                 return 0
             lf = hit - p
@@ -306,6 +278,41 @@ cdef class _HeadParser:
 
     cdef object _first_line_too_long(self):
         return _err("request line longer than %d bytes" % self.max_first_line, 414)
+
+    cdef int _check_partial_first(self, const char *p, Py_ssize_t ls, Py_ssize_t n) except -1:
+        # Subclasses check what they can of an incomplete request/status line.
+        return 0
+
+    cdef int _check_partial(self, const char *p, Py_ssize_t ls, Py_ssize_t n) except -1:
+        """Reject an incomplete line that can no longer become valid (cold: slow senders)."""
+        cdef Py_ssize_t i = ls
+        cdef unsigned char c
+        if ls >= n:
+            return 0
+        c = <unsigned char>p[ls]
+        if c == 13:
+            if n - ls > 1:
+                raise _err("bare CR in head")
+            return 0
+        for i in range(ls, n):
+            c = <unsigned char>p[i]
+            if c == 13 and i != n - 1:
+                raise _err("bare CR in head")
+            if (c < 32 and c != 9 and c != 13) or c == 127:
+                raise _err("control character in head")
+        if not self._first_done:
+            return self._check_partial_first(p, ls, n)
+        c = <unsigned char>p[ls]
+        if c == 32 or c == 9:
+            raise _err("obs-fold (line folding) in header")
+        i = ls
+        while i < n and TCHAR[<unsigned char>p[i]]:
+            i += 1
+        if i < n and p[i] != b':' and p[i] != b'\r':
+            if p[i] == b' ' or p[i] == b'\t':
+                raise _err("whitespace between header name and colon")
+            raise _err("invalid header name")
+        return 0
 
     cdef int _header_line(self, Py_ssize_t ls, Py_ssize_t le) except -1:
         cdef const char *p = self._p
@@ -437,9 +444,11 @@ cdef class _HeadParser:
             if i >= ve:
                 break
             ts = i
-            while i < ve and p[i] != b',' and p[i] != b' ' and p[i] != b'\t':
+            while i < ve and p[i] != b',':
                 i += 1
             te = i
+            while te > ts and (p[te - 1] == b' ' or p[te - 1] == b'\t'):
+                te -= 1
             if _ieq(p + ts, te - ts, b"close", 5):
                 self._conn_close = True
             elif _ieq(p + ts, te - ts, b"keep-alive", 10):
@@ -563,27 +572,11 @@ cdef inline bint _ieq_ci(const char *a, Py_ssize_t an, const char *b, Py_ssize_t
 
 @cython.final
 cdef class RequestParser(_HeadParser):
-    cdef:
-        Py_ssize_t _m_end       # method is [first_start, _m_end)
-        Py_ssize_t _t_start
-        Py_ssize_t _t_end
-        Py_ssize_t _path_start  # origin-form part of the target (absolute-form: after authority)
-        Py_ssize_t _auth_start
-        Py_ssize_t _auth_end
-        bint _asterisk
-        bint _connect
-        readonly bint absolute
-        readonly bint expect_continue
-        readonly bint is_head
-        object _method
-        object _host
-        object _last_host_raw
-        object _upgrade
-
     def __init__(self, Py_ssize_t max_head_size=DEFAULT_MAX_HEAD_SIZE,
                  Py_ssize_t max_request_line=DEFAULT_MAX_REQUEST_LINE,
                  Py_ssize_t max_headers=DEFAULT_MAX_HEADERS):
         self._setup(max_head_size, max_headers, max_request_line)
+        self._is_request = True
 
     cdef void _reset(self, Py_ssize_t start) noexcept:
         _HeadParser._reset(self, start)
@@ -592,12 +585,52 @@ cdef class RequestParser(_HeadParser):
         self.is_head = False
         self._asterisk = False
         self._connect = False
-        self._method = None
-        self._host = None
-        self._upgrade = None
+        self.method = None
+        self.host = None
+        self.upgrade = None
+        self.request_id = None
+        self.forwarded_for = None
 
-    def parse(self, buf, Py_ssize_t start=0):
+    cpdef Py_ssize_t parse(self, object buf, Py_ssize_t start=0) except -1:
         return self._parse(buf, start)
+
+    cdef int _check_partial_first(self, const char *p, Py_ssize_t ls, Py_ssize_t n) except -1:
+        cdef Py_ssize_t i = ls, v
+        cdef const char *ver = b"HTTP/"
+        if n > 0 and p[n - 1] == b'\r':
+            n -= 1
+        while i < n and TCHAR[<unsigned char>p[i]]:
+            i += 1
+        if i == n:
+            return 0
+        if i == ls or p[i] != b' ':
+            raise _err("invalid method")
+        i += 1
+        if i < n and p[i] == b' ':
+            raise _err("malformed request line")
+        while i < n and p[i] != b' ':
+            if <unsigned char>p[i] < 0x21 or <unsigned char>p[i] > 0x7e:
+                raise _err("invalid byte in request target")
+            i += 1
+        if i == n:
+            return 0
+        i += 1
+        v = 0
+        while i < n:
+            if v < 5:
+                if p[i] != ver[v]:
+                    raise _err("malformed request line")
+            elif v == 5 or v == 7:
+                if p[i] < b'0' or p[i] > b'9':
+                    raise _err("malformed request line")
+            elif v == 6:
+                if p[i] != b'.':
+                    raise _err("malformed request line")
+            else:
+                raise _err("malformed request line")
+            v += 1
+            i += 1
+        return 0
 
     cdef int _first_line(self, Py_ssize_t ls, Py_ssize_t le) except -1:
         cdef const char *p = self._p
@@ -638,9 +671,9 @@ cdef class RequestParser(_HeadParser):
     cdef int _target_form(self) except -1:
         cdef const char *p = self._p
         cdef Py_ssize_t ts = self._t_start, te = self._t_end, i, a
-        cdef Py_ssize_t ml = self._m_end - self._first_start_line()
+        cdef Py_ssize_t ml = self._m_end - self._first_start
         self._path_start = ts
-        self._connect = ml == 7 and memcmp(p + self._first_start_line(), b"CONNECT", 7) == 0
+        self._connect = ml == 7 and memcmp(p + self._first_start, b"CONNECT", 7) == 0
         if self._connect:
             # authority-form (RFC 9112 section 3.2.3)
             for i in range(ts, te):
@@ -652,7 +685,7 @@ cdef class RequestParser(_HeadParser):
         if p[ts] == b'/':
             return 0
         if te - ts == 1 and p[ts] == b'*':
-            if not (ml == 7 and memcmp(p + self._first_start_line(), b"OPTIONS", 7) == 0):
+            if not (ml == 7 and memcmp(p + self._first_start, b"OPTIONS", 7) == 0):
                 raise _err("asterisk-form target is only for OPTIONS")
             self._asterisk = True
             return 0
@@ -676,13 +709,10 @@ cdef class RequestParser(_HeadParser):
         self.absolute = True
         return 0
 
-    cdef inline Py_ssize_t _first_start_line(self) noexcept:
-        # While _first_line runs, _first_start still holds the line start.
-        return self._first_start
-
     cdef int _finish(self) except -1:
         cdef const char *p = self._p
         cdef HeaderLine *h
+        cdef Py_ssize_t i, s, e
         self._common_finish()
         if self._te_seen and self.version == 0:
             raise _err("Transfer-Encoding in an HTTP/1.0 request")
@@ -695,51 +725,39 @@ cdef class RequestParser(_HeadParser):
         self.expect_continue = self._expect_continue
         if self._conn_upgrade and self._upgrade_idx >= 0:
             h = &self._hdrs[self._upgrade_idx]
-            self._upgrade = _lower_bytes(p + h.value_start, h.value_end - h.value_start)
+            self.upgrade = _lower_bytes(p + h.value_start, h.value_end - h.value_start)
             h.drop = False
-        self.is_head = (self._m_end - self._first_start == 4
-                        and memcmp(p + self._first_start, b"HEAD", 4) == 0)
-        cdef Py_ssize_t i
+        self.method = _method(p + self._first_start, self._m_end - self._first_start)
+        self.is_head = self.method is _M_HEAD
+        # The fields routing and the proxy need, made once here (ARCHITECTURE.md 3.2).
         for i in range(self._nhdrs):
-            if self._hdrs[i].kind == H_XFF or self._hdrs[i].kind == H_XFP:
-                self._hdrs[i].drop = True
+            h = &self._hdrs[i]
+            if h.kind == H_XFF or h.kind == H_XFP:
+                h.drop = True
+            elif h.kind == H_REQUEST_ID and self.request_id is None:
+                self.request_id = PyBytes_FromStringAndSize(p + h.value_start,
+                                                            h.value_end - h.value_start)
+        if self._nxff:
+            self.forwarded_for = b", ".join([
+                PyBytes_FromStringAndSize(p + self._hdrs[i].value_start,
+                                          self._hdrs[i].value_end - self._hdrs[i].value_start)
+                for i in range(self._nhdrs) if self._hdrs[i].kind == H_XFF])
+        if self.absolute or self._connect:
+            s = self._auth_start
+            e = self._auth_end
+        elif self._host_idx >= 0:
+            s = self._hdrs[self._host_idx].value_start
+            e = self._hdrs[self._host_idx].value_end
+        else:
+            return 0
+        # Reuse the previous request's host object when the bytes are the same (keep-alive).
+        last = self._last_host
+        if last is not None and PyBytes_GET_SIZE(last) == e - s and \
+                _ieq_ci(PyBytes_AS_STRING(last), e - s, p + s, e - s):
+            self.host = last
+        else:
+            self.host = self._last_host = _lower_bytes(p + s, e - s)
         return 0
-
-    @property
-    def request_id(self):
-        cdef Py_ssize_t i
-        if not self._complete:
-            return None
-        for i in range(self._nhdrs):
-            if self._hdrs[i].kind == H_REQUEST_ID:
-                return bytes(self._buf[self._hdrs[i].value_start:self._hdrs[i].value_end])
-        return None
-
-    @property
-    def forwarded_for(self):
-        cdef Py_ssize_t i
-        if not self._complete or self._nxff == 0:
-            return None
-        vals = [bytes(self._buf[self._hdrs[i].value_start:self._hdrs[i].value_end])
-                for i in range(self._nhdrs) if self._hdrs[i].kind == H_XFF]
-        return b", ".join(vals)
-
-    @property
-    def has_request_id(self):
-        cdef Py_ssize_t i
-        for i in range(self._nhdrs):
-            if self._hdrs[i].kind == H_REQUEST_ID:
-                return True
-        return False
-
-    @property
-    def method(self):
-        if self._method is None and self._complete:
-            m = self._buf[self._first_start:self._m_end]
-            if not isinstance(m, bytes):
-                m = bytes(m)
-            self._method = _METHODS.get(m, m)
-        return self._method
 
     @property
     def target(self):
@@ -758,43 +776,11 @@ cdef class RequestParser(_HeadParser):
                 return b"/" + bytes(self._buf[self._path_start:self._t_end])
         return bytes(self._buf[self._path_start:self._t_end])
 
-    @property
-    def host(self):
-        cdef Py_ssize_t s, e
-        cdef HeaderLine *h
-        if not self._complete:
-            return None
-        if self._host is not None:
-            return self._host
-        if self.absolute or self._connect:
-            s = self._auth_start
-            e = self._auth_end
-        elif self._host_idx >= 0:
-            h = &self._hdrs[self._host_idx]
-            s = h.value_start
-            e = h.value_end
-        else:
-            return None
-        self._begin(self._buf)
-        # Reuse the previous request's host object when the bytes are the same (keep-alive).
-        last = self._last_host_raw
-        if last is not None and len(<bytes>last) == e - s and \
-                _ieq_ci(<const char *>(<bytes>last), e - s, self._p + s, e - s):
-            self._host = last
-            return last
-        self._host = _lower_bytes(self._p + s, e - s)
-        self._last_host_raw = self._host
-        return self._host
-
-    @property
-    def upgrade(self):
-        return self._upgrade
-
-    def serialize(self, bytes extra=b"", path=None):
+    cpdef bytes serialize(self, bytes extra=b"", object path=None):
         cdef Py_ssize_t mlen, plen, size, elen = len(extra)
         cdef const char *pp
         cdef char *o
-        cdef bint up = self._upgrade is not None
+        cdef bint up = self.upgrade is not None
         if not self._complete:
             raise ValueError("no complete head to serialize")
         self._begin(self._buf)
@@ -841,11 +827,6 @@ cdef class RequestParser(_HeadParser):
 
 @cython.final
 cdef class ResponseParser(_HeadParser):
-    cdef:
-        readonly int status
-        Py_ssize_t _code_start   # status code and reason: [_code_start, _first_end)
-        object _upgrade
-
     def __init__(self, Py_ssize_t max_head_size=DEFAULT_MAX_HEAD_SIZE,
                  Py_ssize_t max_headers=DEFAULT_MAX_HEADERS):
         self._setup(max_head_size, max_headers, max_head_size)
@@ -853,9 +834,9 @@ cdef class ResponseParser(_HeadParser):
     cdef void _reset(self, Py_ssize_t start) noexcept:
         _HeadParser._reset(self, start)
         self.status = 0
-        self._upgrade = None
+        self.upgrade = None
 
-    def parse(self, buf, Py_ssize_t start=0):
+    cpdef Py_ssize_t parse(self, object buf, Py_ssize_t start=0) except -1:
         return self._parse(buf, start)
 
     cdef object _first_line_too_long(self):
@@ -899,23 +880,22 @@ cdef class ResponseParser(_HeadParser):
             self.keep_alive = self._conn_keep_alive and not self._conn_close
         if self.status == 101 and self._upgrade_idx >= 0:
             h = &self._hdrs[self._upgrade_idx]
-            self._upgrade = _lower_bytes(self._p + h.value_start, h.value_end - h.value_start)
+            self.upgrade = _lower_bytes(self._p + h.value_start, h.value_end - h.value_start)
             h.drop = False
         return 0
 
-    @property
-    def upgrade(self):
-        return self._upgrade
-
-    def serialize(self, bytes extra=b""):
-        cdef Py_ssize_t slen, size, elen = len(extra)
+    cpdef bytes serialize(self, bytes extra=b"", Py_ssize_t body=0):
+        cdef Py_ssize_t slen, size, elen = len(extra), end
         cdef char *o
-        cdef bint up = self._upgrade is not None
+        cdef bint up = self.upgrade is not None
         if not self._complete:
             raise ValueError("no complete head to serialize")
         self._begin(self._buf)
         slen = self._first_end - self._code_start
-        size = 9 + slen + 2 + self._kept_size() + elen + 2
+        end = self._start + self.head_length
+        if body < 0 or body > len(self._buf) - end:
+            raise ValueError("body runs past the buffer")
+        size = 9 + slen + 2 + self._kept_size() + elen + 2 + body + (1 if slen == 3 else 0)
         if up:
             size += 21
         out = PyBytes_FromStringAndSize(NULL, size)
@@ -924,6 +904,10 @@ cdef class ResponseParser(_HeadParser):
         o += 9
         memcpy(o, self._p + self._code_start, slen)
         o += slen
+        if slen == 3:
+            # RFC 9112 section 4: the SP before an (empty) reason phrase is mandatory.
+            o[0] = b' '
+            o += 1
         o[0] = b'\r'
         o[1] = b'\n'
         o += 2
@@ -936,6 +920,8 @@ cdef class ResponseParser(_HeadParser):
             o += elen
         o[0] = b'\r'
         o[1] = b'\n'
+        if body:
+            memcpy(o + 2, self._p + end, body)
         return out
 
 
@@ -959,20 +945,11 @@ cdef enum ChunkState:
 cdef class ChunkedFramer:
     """Follows chunked framing; the docs are in http1.pyi."""
 
-    cdef:
-        int _state
-        uint64_t _remaining
-        int _digits
-        Py_ssize_t _line_len
-        Py_ssize_t _trailer_len
-        Py_ssize_t max_trailer_size
-        readonly bint done
-
     def __init__(self, Py_ssize_t max_trailer_size=16384):
         self.max_trailer_size = max_trailer_size
         self.reset()
 
-    def reset(self):
+    cpdef reset(self):
         self._state = CS_SIZE_FIRST
         self._remaining = 0
         self._digits = 0
@@ -980,7 +957,7 @@ cdef class ChunkedFramer:
         self._trailer_len = 0
         self.done = False
 
-    def feed(self, buf, Py_ssize_t start, Py_ssize_t end):
+    cpdef Py_ssize_t feed(self, object buf, Py_ssize_t start, Py_ssize_t end) except -1:
         cdef Py_buffer view
         cdef Py_ssize_t r
         if PyBytes_CheckExact(buf):
@@ -998,17 +975,20 @@ cdef class ChunkedFramer:
 
     cdef Py_ssize_t _feed(self, const unsigned char *p, Py_ssize_t start,
                           Py_ssize_t end) except -1:
-        cdef Py_ssize_t i = start, take
+        cdef Py_ssize_t i = start
+        cdef unsigned long long take
         cdef unsigned char c
         cdef int st = self._state
         cdef signed char hv
+        if self.done:
+            return 0
         while i < end:
             if st == CS_DATA:
-                take = end - i
-                if <uint64_t>take > self._remaining:
-                    take = <Py_ssize_t>self._remaining
+                take = <unsigned long long>(end - i)
+                if take > self._remaining:
+                    take = self._remaining
                 self._remaining -= take
-                i += take
+                i += <Py_ssize_t>take
                 if self._remaining == 0:
                     st = CS_DATA_CR
                 continue
@@ -1094,7 +1074,8 @@ cdef class ChunkedFramer:
                 self.done = True
                 return i - start
             else:
-                raise _err("data after the end of a chunked body")
+                # CS_DONE: nothing more belongs to this body.
+                return i - 1 - start
             if self._trailer_len > self.max_trailer_size:
                 raise _err("trailers larger than %d bytes" % self.max_trailer_size, 431)
         self._state = st

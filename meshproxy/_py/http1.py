@@ -105,6 +105,8 @@ _KNOWN_CODINGS = frozenset(
 )
 _NEVER_HOP = frozenset((b"content-length", b"transfer-encoding", b"host"))
 _HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"))
+# Request headers the proxy re-adds itself (see the module doc of http1.pyi).
+_PROXY_SET = frozenset((b"x-forwarded-for", b"x-forwarded-proto"))
 
 # Header names with meaning for framing or routing, dispatched once per header line.
 _H_HOST, _H_CL, _H_TE, _H_CONNECTION, _H_UPGRADE, _H_EXPECT = range(1, 7)
@@ -177,6 +179,7 @@ class _HeadParser:
         "_max_head_size",
         "_max_headers",
         "_buf",
+        "_end",
         "_lines",
         "_conn_names",
         "_resume",
@@ -195,6 +198,7 @@ class _HeadParser:
         self.head_length = 0
         self.header_count = 0
         self._buf = b""
+        self._end = 0
         # one (line start, line end after CRLF, name end, value start, value end, lowercased name)
         # per header line
         self._lines = []
@@ -347,6 +351,7 @@ class _HeadParser:
         self._lines = lines
         self.header_count = count
         self.head_length = e - start
+        self._end = e
         self._finish(st)
         return e - start
 
@@ -434,10 +439,10 @@ class _HeadParser:
                 return bytes(buf[vs:ve])
         return None
 
-    def _copy_lines(self, out, keep_upgrade):
+    def _copy_lines(self, out, keep_upgrade, also_drop=frozenset()):
         """Append the kept header lines to ``out``, coalescing adjacent ones into one slice."""
         buf = self._buf
-        drop = _HOP_BY_HOP | self._conn_names
+        drop = _HOP_BY_HOP | self._conn_names | also_drop
         if keep_upgrade:
             drop = drop - {b"upgrade"}
         run_start = run_end = -1
@@ -495,6 +500,9 @@ class RequestParser(_HeadParser):
         "host",
         "absolute",
         "expect_continue",
+        "is_head",
+        "request_id",
+        "forwarded_for",
         "_max_request_line",
     )
 
@@ -514,6 +522,9 @@ class RequestParser(_HeadParser):
         self.host = None
         self.absolute = False
         self.expect_continue = False
+        self.is_head = False
+        self.request_id = None
+        self.forwarded_for = None
 
     def _skip_leading(self, buf, start, n):
         # RFC 9112 section 2.2: ignore at least one empty line before the request line.
@@ -653,6 +664,18 @@ class RequestParser(_HeadParser):
         self.host = host
         self.upgrade = st.upgrade if b"upgrade" in st.connection else None
         self.expect_continue = st.expect_continue
+        self.is_head = method == b"HEAD"
+        buf = self._buf
+        rid = None
+        xff = []
+        for _, _, _, vs, ve, lname in self._lines:
+            if lname == b"x-request-id":
+                if rid is None:
+                    rid = bytes(buf[vs:ve])
+            elif lname == b"x-forwarded-for":
+                xff.append(bytes(buf[vs:ve]))
+        self.request_id = rid
+        self.forwarded_for = b", ".join(xff) if xff else None
 
     def serialize(self, extra=b"", path=None):
         out = [
@@ -662,7 +685,7 @@ class RequestParser(_HeadParser):
             b" HTTP/1.1\r\n" if self.version == 1 else b" HTTP/1.0\r\n",
         ]
         upgrade = self.upgrade is not None
-        self._copy_lines(out, upgrade)
+        self._copy_lines(out, upgrade, _PROXY_SET)
         if upgrade:
             out.append(_CONNECTION_UPGRADE)
         if extra:
@@ -711,16 +734,21 @@ class ResponseParser(_HeadParser):
         self.status, self._reason = st.extra
         self.upgrade = st.upgrade if self.status == 101 else None
 
-    def serialize(self, extra=b""):
+    def serialize(self, extra=b"", body=0):
         status = self.status
         out = [b"HTTP/1.1 %d " % status, self._reason, _CRLF]
-        upgrade = status == 101
+        upgrade = self.upgrade is not None
         self._copy_lines(out, upgrade)
         if upgrade:
             out.append(_CONNECTION_UPGRADE)
         if extra:
             out.append(extra)
         out.append(_CRLF)
+        if body:
+            end = self._end
+            if body < 0 or end + body > len(self._buf):
+                raise ValueError("body runs past the buffer")
+            out.append(self._buf[end:end + body])
         return b"".join(out)
 
 
