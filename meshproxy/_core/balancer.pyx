@@ -8,17 +8,8 @@ cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 
 
-@cython.final
 cdef class RoundRobinPicker:
     """Smooth weighted round robin (as nginx's): with equal weights, plain rotation."""
-
-    cdef:
-        Py_ssize_t _n
-        long long *_weight
-        long long *_current
-        long long _total
-        Py_ssize_t _next
-        bint _uniform
 
     def __cinit__(self, weights):
         cdef Py_ssize_t i

@@ -3,6 +3,12 @@
 # below to C calls (cpdef: also callable from Python, as the pure twin and the tests do).
 cimport cython
 
+from meshproxy._core.balancer cimport RoundRobinPicker as CRoundRobinPicker
+from meshproxy._core.counters cimport ClusterStats as CClusterStats
+from meshproxy._core.http1 cimport ChunkedFramer as CChunkedFramer
+from meshproxy._core.http1 cimport RequestParser as CRequestParser
+from meshproxy._core.http1 cimport ResponseParser as CResponseParser
+
 cdef int ST_HEAD, ST_BODY, ST_WAIT, ST_TUNNEL, ST_CLOSED
 cdef int PAUSE_UPSTREAM_FULL, PAUSE_PIPELINE, PAUSE_CONNECTING
 cdef int RF_NONE, RF_LENGTH, RF_CHUNKED, RF_CLOSE
@@ -28,9 +34,9 @@ cdef class Endpoint:
 cdef class Cluster:
     cdef public str name
     cdef public list endpoints
-    cdef public object stats
+    cdef public CClusterStats stats
     cdef public object info
-    cdef public object picker
+    cdef public CRoundRobinPicker picker
 
     cpdef Endpoint pick(self)
 
@@ -40,7 +46,7 @@ cdef class ProxyContext:
     cdef public str name
     cdef public dict routes
     cdef public Cluster default
-    cdef public object stats
+    cdef public CClusterStats stats
     cdef public object access_log
     cdef public Py_ssize_t max_head_size, max_request_line, max_headers
     cdef public str version
@@ -59,8 +65,8 @@ cdef class Listener:
 @cython.final
 cdef class DownstreamProtocol:
     cdef public Listener listener
-    cdef public object parser
-    cdef public object framer
+    cdef public CRequestParser parser
+    cdef public CChunkedFramer framer
     cdef public object transport
     cdef public object buf
     cdef public Py_ssize_t pos
@@ -87,9 +93,10 @@ cdef class DownstreamProtocol:
     @cython.locals(state=int, pos=Py_ssize_t, end=Py_ssize_t, n=Py_ssize_t)
     cpdef _process(self)
     @cython.locals(ctx=ProxyContext, cluster=Cluster, ep=Endpoint, up=UpstreamProtocol,
-                   has_body=bint, extra=bytes, head=bytes)
+                   has_body=bint, extra=bytes, head=bytes, p=CRequestParser,
+                   framer=CChunkedFramer)
     cpdef _on_head(self)
-    @cython.locals(k=Py_ssize_t, done=bint)
+    @cython.locals(k=Py_ssize_t, done=bint, framer=CChunkedFramer)
     cpdef _forward_request_body(self, object buf, Py_ssize_t pos, Py_ssize_t end)
     @cython.locals(up=UpstreamProtocol, size=Py_ssize_t)
     cpdef _send_up(self, object data)
@@ -118,11 +125,11 @@ cdef class DownstreamProtocol:
 cdef class UpstreamProtocol:
     cdef public Endpoint endpoint
     cdef public object loop
-    cdef public object stats
+    cdef public CClusterStats stats
     cdef public object transport
     cdef public DownstreamProtocol downstream
-    cdef public object parser
-    cdef public object framer
+    cdef public CResponseParser parser
+    cdef public CChunkedFramer framer
     cdef public object buf
     cdef public Py_ssize_t pos
     cdef public bint closed, reused, got_bytes, in_head, keep_alive, tunnel
@@ -137,10 +144,11 @@ cdef class UpstreamProtocol:
     cpdef close(self)
     cpdef pause(self, int why)
     cpdef resume(self, int why)
-    @cython.locals(pos=Py_ssize_t, end=Py_ssize_t, n=Py_ssize_t, status=int)
+    @cython.locals(pos=Py_ssize_t, end=Py_ssize_t, n=Py_ssize_t, status=int, p=CResponseParser)
     cpdef _process(self, DownstreamProtocol ds)
-    @cython.locals(status=int, k=Py_ssize_t, done=bint, framing=int, extra=bytes, head=bytes)
-    cpdef _on_head(self, DownstreamProtocol ds, object p, object buf, Py_ssize_t pos,
+    @cython.locals(status=int, k=Py_ssize_t, done=bint, framing=int, extra=bytes, head=bytes,
+                   framer=CChunkedFramer)
+    cpdef _on_head(self, DownstreamProtocol ds, CResponseParser p, object buf, Py_ssize_t pos,
                    Py_ssize_t end)
     @cython.locals(framing=int, k=Py_ssize_t, done=bint)
     cpdef _body(self, DownstreamProtocol ds, object buf, Py_ssize_t pos, Py_ssize_t end)

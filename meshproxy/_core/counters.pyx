@@ -22,11 +22,6 @@ from libc.stdint cimport int64_t, uint64_t
 
 from meshproxy._py.counters import merge, merge_all  # noqa: F401  (one implementation, re-exported)
 
-cdef enum:
-    _N_BOUNDS = 19    # len(BUCKETS_MS)
-    _N_BUCKETS = 20   # bounds + "+Inf"
-    _N_CODES = 600    # status-code slots; 0 holds "no status" and out-of-range codes
-
 #: Istio's default histogram buckets for ``istio_request_duration_milliseconds`` (upper bounds, ms).
 BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
               300000, 600000, 1800000, 3600000)
@@ -42,31 +37,8 @@ for _i in range(_N_BOUNDS):
 assert len(BUCKETS_MS) == _N_BOUNDS
 
 
-@cython.final
 cdef class ClusterStats:
     """Counters of one cluster (or listener) in one worker process. See ``counters.pyi``."""
-
-    cdef readonly str name
-    # Requests.
-    cdef readonly uint64_t rq_total
-    cdef readonly int64_t rq_active
-    cdef readonly uint64_t rq_completed
-    cdef readonly uint64_t rq_timeout
-    cdef readonly uint64_t rq_reset
-    # Connections.
-    cdef readonly uint64_t cx_total
-    cdef readonly int64_t cx_active
-    cdef readonly uint64_t cx_connect_fail
-    cdef readonly uint64_t cx_destroy_remote
-    # Bytes.
-    cdef readonly uint64_t bytes_rx
-    cdef readonly uint64_t bytes_tx
-    # Status codes (slot 0 = none / out of range) and the latency histogram.
-    cdef uint64_t codes[_N_CODES]
-    cdef uint64_t buckets[_N_BUCKETS]
-    cdef uint64_t sum_us
-    # (flags, status) -> count; cold path only.
-    cdef dict flags
 
     def __cinit__(self, str name not None):
         # C fields and arrays are zeroed by tp_alloc.

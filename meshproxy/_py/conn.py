@@ -33,6 +33,7 @@ with.
 """
 import asyncio
 import time
+from time import monotonic as _monotonic
 
 if __name__.startswith("meshproxy._core"):
     from meshproxy._core.balancer import RoundRobinPicker
@@ -138,7 +139,7 @@ class Endpoint:
         if len(self.idle) >= self.max_idle:
             up.close()
             return
-        up.idle_since = time.monotonic()
+        up.idle_since = _monotonic()
         self.idle.append(up)
 
     def sweep(self, now):
@@ -391,7 +392,7 @@ class DownstreamProtocol:
         p = self.parser
         ctx = self.listener.ctx
         self.ctx = ctx
-        self.start = time.monotonic()
+        self.start = _monotonic()
         self.bytes_rx = p.head_length
         self.bytes_tx = 0
         self.flags = ""
@@ -624,7 +625,7 @@ class DownstreamProtocol:
     def _end_request(self, status):
         cluster = self.cluster
         ctx = self.ctx
-        dur = time.monotonic() - self.start
+        dur = _monotonic() - self.start
         us = int(dur * 1000000)
         ep = self.endpoint
         if ep is not None:
@@ -702,7 +703,7 @@ class DownstreamProtocol:
         self.ctx = ctx
         self.cluster = None
         self.flags = "DPE"
-        self.start = time.monotonic()
+        self.start = _monotonic()
         self.bytes_rx = len(self.buf) - self.pos if self.buf is not None else 0
         self.bytes_tx = 0
         ctx.stats.rq_start()
@@ -960,12 +961,11 @@ class UpstreamProtocol:
             self.framing = RF_CLOSE
         self.keep_alive = p.keep_alive and self.framing != RF_CLOSE
         extra = ds.response_head(self, self.framing != RF_CLOSE)
-        head = p.serialize(extra)
         framing = self.framing
         if framing == RF_NONE or (framing == RF_LENGTH and self.remaining == 0):
             self.buf = None
             self.pos = 0
-            ds.write(head)
+            ds.write(p.serialize(extra, 0))
             ds.response_done(self, status, self.keep_alive and pos == end)
             return
         # One write for the head and whatever body came with it.
@@ -979,17 +979,14 @@ class UpstreamProtocol:
             try:
                 k = self.framer.feed(buf, pos, end)
             except ProtocolError as e:
-                ds.write(head)
+                ds.write(p.serialize(extra, 0))
                 ds.upstream_bad_response(self, e)
                 return
             done = self.framer.done
         else:
             k = end - pos
             done = False
-        if k:
-            ds.write(head + bytes(buf[pos:pos + k]))
-        else:
-            ds.write(head)
+        ds.write(p.serialize(extra, k))
         pos += k
         self.pos = pos
         if pos >= end:

@@ -1,0 +1,45 @@
+# Declarations of meshproxy/_core/counters.pyx, so the engine (conn) can cimport ClusterStats and
+# bump counters with C calls. Contract and docs: counters.pyi.
+cimport cython
+from libc.stdint cimport int64_t, uint64_t
+
+cdef enum:
+    _N_BOUNDS = 19    # len(BUCKETS_MS)
+    _N_BUCKETS = 20   # bounds + "+Inf"
+    _N_CODES = 600    # status-code slots; 0 holds "no status" and out-of-range codes
+
+
+@cython.final
+cdef class ClusterStats:
+    cdef readonly str name
+    # Requests.
+    cdef readonly uint64_t rq_total
+    cdef readonly int64_t rq_active
+    cdef readonly uint64_t rq_completed
+    cdef readonly uint64_t rq_timeout
+    cdef readonly uint64_t rq_reset
+    # Connections.
+    cdef readonly uint64_t cx_total
+    cdef readonly int64_t cx_active
+    cdef readonly uint64_t cx_connect_fail
+    cdef readonly uint64_t cx_destroy_remote
+    # Bytes.
+    cdef readonly uint64_t bytes_rx
+    cdef readonly uint64_t bytes_tx
+    # Status codes (slot 0 = none / out of range) and the latency histogram.
+    cdef uint64_t codes[_N_CODES]
+    cdef uint64_t buckets[_N_BUCKETS]
+    cdef uint64_t sum_us
+    # (flags, status) -> count; cold path only.
+    cdef dict flags
+
+
+    cpdef void rq_start(self) noexcept
+    cpdef void rq_end(self, long status, int64_t duration_us, int64_t bytes_rx,
+                      int64_t bytes_tx) noexcept
+    cpdef void cx_open(self) noexcept
+    cpdef void cx_close(self) noexcept
+    cpdef void cx_fail(self) noexcept
+    cpdef void cx_remote_close(self) noexcept
+    cpdef void timeout(self) noexcept
+    cpdef void reset(self) noexcept
