@@ -63,6 +63,8 @@ Buffer = Union[bytes, bytearray]
 DEFAULT_MAX_HEAD_SIZE: int
 DEFAULT_MAX_HEADERS: int
 DEFAULT_MAX_REQUEST_LINE: int
+#: Limit on a chunk-size line and on the trailer section (431 beyond).
+DEFAULT_MAX_TRAILER_SIZE: int
 
 
 class RequestParser:

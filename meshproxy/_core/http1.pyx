@@ -27,6 +27,7 @@ from meshproxy.errors import ProtocolError
 DEFAULT_MAX_HEAD_SIZE = 61440
 DEFAULT_MAX_HEADERS = 100
 DEFAULT_MAX_REQUEST_LINE = 16384
+DEFAULT_MAX_TRAILER_SIZE = 16384
 
 cdef enum HeaderKind:
     H_OTHER = 0
@@ -945,7 +946,7 @@ cdef enum ChunkState:
 cdef class ChunkedFramer:
     """Follows chunked framing; the docs are in http1.pyi."""
 
-    def __init__(self, Py_ssize_t max_trailer_size=16384):
+    def __init__(self, Py_ssize_t max_trailer_size=DEFAULT_MAX_TRAILER_SIZE):
         self.max_trailer_size = max_trailer_size
         self.reset()
 
