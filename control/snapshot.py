@@ -50,7 +50,7 @@ class Cluster:
     endpoints: tuple = ()  # tuple[Endpoint, ...]
     connect_timeout: float = 10.0  # seconds (Istio's default)
     idle_timeout: float = 3600.0  # seconds an idle pooled upstream connection is kept (Istio: 1h)
-    max_idle_per_endpoint: int = 64
+    max_idle_per_endpoint: int = 1024  # as Envoy's default max_connections circuit breaker
 
 
 @dataclass(frozen=True)
