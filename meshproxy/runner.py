@@ -29,7 +29,7 @@ import sys
 import time
 from typing import Optional
 
-from control import ConfigError, build_snapshot
+from control.errors import ConfigError, ConfigIssue
 from control.snapshot import Snapshot
 from meshproxy import __version__
 from meshproxy.core import COMPILED
@@ -46,7 +46,12 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 class ConfigSource:
-    """Where snapshots come from: a YAML file or directory, re-read on reload."""
+    """Where snapshots come from: a YAML file or directory, re-read on reload.
+
+    Compilation runs in a short-lived child process (``python -m control.build``): the sidecar
+    process never imports the YAML loader and the schema, and a slow or huge config cannot stall
+    the event loop that is serving traffic.
+    """
 
     def __init__(self, path: str, workload: Optional[str], overrides: dict):
         self.path = path
@@ -55,7 +60,20 @@ class ConfigSource:
 
     def load(self) -> Snapshot:
         """Raises ConfigError listing every problem."""
-        return build_snapshot(self.path, workload=self.workload, overrides=self.overrides)
+        cmd = [sys.executable, "-m", "control.build", self.path,
+               "--overrides", json.dumps(self.overrides)]
+        if self.workload:
+            cmd += ["--workload", self.workload]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+            out = json.loads(proc.stdout)
+        except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+            detail = proc.stderr.decode(errors="replace").strip()[-500:] if "proc" in locals() else ""
+            raise ConfigError([ConfigIssue(self.path, "", "", "", "",
+                                           f"config compiler failed: {e} {detail}".strip())])
+        if "issues" in out:
+            raise ConfigError([ConfigIssue(**i) for i in out["issues"]])
+        return Snapshot.from_dict(out["snapshot"])
 
 
 def run(source: ConfigSource, snap: Snapshot) -> int:

@@ -9,7 +9,6 @@ reloads, so a reload neither drops warm connections nor resets metrics.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import os
 import time
@@ -153,7 +152,7 @@ class Sidecar:
     def _tick(self):
         """Once a second: the Date header, idle-connection expiry, access-log flush."""
         now = time.monotonic()
-        conn.set_date(email.utils.formatdate(usegmt=True).encode("ascii"))
+        conn.set_date(http_date())
         for ep in self.endpoints.values():
             if ep.idle:
                 ep.sweep(now)
@@ -230,6 +229,18 @@ class Sidecar:
             "snapshot_version": self.snapshot.version if self.snapshot else None,
             "compiled_core": COMPILED, "pid": os.getpid(),
         }
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(t: Optional[float] = None) -> bytes:
+    """RFC 9110 IMF-fixdate (``Sun, 06 Nov 1994 08:49:37 GMT``), locale-independent."""
+    g = time.gmtime(t)
+    return ("%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+        _DAYS[g.tm_wday], g.tm_mday, _MONTHS[g.tm_mon - 1], g.tm_year, g.tm_hour, g.tm_min,
+        g.tm_sec)).encode("ascii")
 
 
 def _workload_dict(snap: Optional[Snapshot]):
