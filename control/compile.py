@@ -24,7 +24,7 @@ from control.config import schema
 from control.config.load import LoadedConfig, Resource, load_config
 from control.config.validate import inbound_port_annotation, selected_workloads
 from control.errors import ConfigError, ConfigIssue
-from control.snapshot import (Bootstrap, Cluster, Endpoint, Limits, Listener, Route, Snapshot,
+from control.snapshot import (Bootstrap, Cluster, Destination, Endpoint, Limits, Listener, Route, Snapshot,
                               VirtualHost, Workload, content_version)
 
 DOMAIN_SUFFIX = "cluster.local"
@@ -114,7 +114,7 @@ def compile_snapshot(cfg: LoadedConfig, workload: Optional[str] = None,
                     lb_policy="ROUND_ROBIN", endpoints=endpoints, **timeouts)
                 domains = service_domains(host, p["number"], ports, sidecar_ns)
                 out_vhosts.append(VirtualHost(f"{host}:{p['number']}", domains,
-                                              (Route("default", "/", cname),)))
+                                              (Route("default", destinations=(Destination(cname),)),)))
             target = _inbound_target(se, p, wl_res, wl) if wl else None
             if target is None:
                 continue
@@ -129,7 +129,7 @@ def compile_snapshot(cfg: LoadedConfig, workload: Optional[str] = None,
             for host in se.spec["hosts"]:
                 in_vhosts.append(VirtualHost(f"{host}:{p['number']}",
                                              service_domains(host, p["number"], ports, sidecar_ns),
-                                             (Route("default", "/", iname),)))
+                                             (Route("default", destinations=(Destination(iname),)),)))
 
     listeners = [Listener("virtualOutbound", "outbound", bootstrap.outbound_address, bootstrap.outbound_port,
                           _dedupe_domains(out_vhosts, "virtualOutbound", warnings))]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -32,32 +33,187 @@ class Endpoint:
     target_port: int
     labels: dict = field(default_factory=dict)
     weight: int = 1
-    locality: str = ""
+    locality: str = ""  # "region/zone/subzone"
     workload: str = ""  # "namespace/name" of the WorkloadEntry, "" for inline endpoints
     sidecar: bool = False
+    hostname: str = ""  # DNS resolution: the name this address was resolved from
+
+
+@dataclass(frozen=True)
+class HashPolicy:
+    """DestinationRule ``loadBalancer.consistentHash``: exactly one key source is set."""
+
+    header: str = ""  # httpHeaderName (lowercase)
+    cookie: str = ""  # httpCookie.name
+    cookie_ttl: float = 0.0  # httpCookie.ttl (seconds); 0: session cookie
+    cookie_path: str = ""  # httpCookie.path
+    source_ip: bool = False  # useSourceIp
+    query_param: str = ""  # httpQueryParameterName
+    ring_size: int = 0  # ringHash.minimumRingSize (or legacy minimumRingSize); 0 with maglev
+    maglev_table_size: int = 0  # maglev.tableSize; 0 with ring hash
+
+
+@dataclass(frozen=True)
+class LocalityLb:
+    """DestinationRule ``localityLbSetting`` (only meaningful with outlier/health information)."""
+
+    enabled: bool = True
+    distribute: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()  # (from, ((to, weight),))
+    failover: tuple[tuple[str, str], ...] = ()  # (from region, to region)
+    failover_priority: tuple[str, ...] = ()  # label keys
 
 
 @dataclass(frozen=True)
 class Cluster:
-    name: str  # "outbound|80||echo.default.svc.cluster.local" or "inbound|8080||"
+    name: str  # "outbound|80|v2|reviews.default.svc.cluster.local" or "inbound|8080||"
     direction: str  # "outbound" | "inbound"
     service: str  # FQDN host ("" for inbound)
     namespace: str  # namespace of the ServiceEntry ("" for inbound)
     port: int  # service port (inbound: the application port)
     port_name: str
     protocol: str  # Istio port protocol: HTTP, HTTP2, GRPC, TCP, ...
-    lb_policy: str = "ROUND_ROBIN"
-    endpoints: tuple = ()  # tuple[Endpoint, ...]
+    lb_policy: str = "LEAST_REQUEST"  # ROUND_ROBIN | RANDOM | LEAST_REQUEST | PASSTHROUGH | RING_HASH | MAGLEV
+    endpoints: tuple[Endpoint, ...] = ()
     connect_timeout: float = 10.0  # seconds (Istio's default)
     idle_timeout: float = 3600.0  # seconds an idle pooled upstream connection is kept (Istio: 1h)
     max_idle_per_endpoint: int = 1024  # as Envoy's default max_connections circuit breaker
+    subset: str = ""  # DestinationRule subset name ("" for the whole service)
+    hash_policy: Optional[HashPolicy] = None  # set when lb_policy is RING_HASH or MAGLEV
+    locality_lb: Optional[LocalityLb] = None
+    resolution: str = "STATIC"  # STATIC | DNS | DNS_ROUND_ROBIN | NONE
+    dns_hosts: tuple[tuple[str, int, int], ...] = ()  # DNS: (hostname, port, weight) to resolve
+    destination_rule: str = ""  # "namespace/name" of the DestinationRule applied, if any
+
+
+@dataclass(frozen=True)
+class StringMatch:
+    """Istio's StringMatch: ``exact``, ``prefix`` or ``regex`` (RE2 syntax, full match)."""
+
+    kind: str  # "exact" | "prefix" | "regex"
+    value: str
+
+
+@dataclass(frozen=True)
+class HeaderMatch:
+    """One ``headers`` (or ``withoutHeaders``, ``invert=True``) entry of an HTTPMatchRequest.
+
+    ``match`` None means presence only (Istio's empty match ``{}``).
+    """
+
+    name: str  # lowercase
+    match: Optional[StringMatch] = None
+    invert: bool = False
+
+
+@dataclass(frozen=True)
+class QueryMatch:
+    name: str
+    match: Optional[StringMatch] = None  # None: the parameter must be present
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """One HTTPMatchRequest: every field set must match (AND); a Route's matches are OR."""
+
+    name: str = ""
+    uri: Optional[StringMatch] = None
+    ignore_uri_case: bool = False
+    scheme: Optional[StringMatch] = None
+    method: Optional[StringMatch] = None
+    authority: Optional[StringMatch] = None
+    headers: tuple[HeaderMatch, ...] = ()
+    query_params: tuple[QueryMatch, ...] = ()
+    port: int = 0  # 0: any
+    source_labels: dict = field(default_factory=dict)  # compiled away: the sidecar's own labels
+
+
+@dataclass(frozen=True)
+class HeaderOps:
+    """Istio's Headers.HeaderOperations; names lowercase, applied in the order remove, set, add."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One ``route[]`` entry: a cluster (service + port + subset) and its weight."""
+
+    cluster: str
+    weight: int = 100
+    request_headers: HeaderOps = field(default_factory=HeaderOps)
+    response_headers: HeaderOps = field(default_factory=HeaderOps)
+
+
+@dataclass(frozen=True)
+class Redirect:
+    uri: str = ""
+    authority: str = ""
+    port: int = 0
+    scheme: str = ""
+    code: int = 301
+
+
+@dataclass(frozen=True)
+class DirectResponse:
+    status: int
+    body: str = ""  # the body as text (Istio ``body.string``; ``body.bytes`` is base64-decoded)
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    uri: str = ""  # replaces the matched prefix (or the whole path for exact/regex matches)
+    authority: str = ""
+    uri_regex: str = ""  # uriRegexRewrite.match
+    uri_regex_rewrite: str = ""  # uriRegexRewrite.rewrite (\1 style groups)
+
+
+@dataclass(frozen=True)
+class Fault:
+    delay: float = 0.0  # seconds (fixedDelay)
+    delay_percent: float = 0.0
+    abort_status: int = 0
+    abort_percent: float = 0.0
+
+
+@dataclass(frozen=True)
+class Mirror:
+    cluster: str
+    percent: float = 100.0
 
 
 @dataclass(frozen=True)
 class Route:
+    """One HTTPRoute. Exactly one of ``destinations``, ``redirect``, ``direct_response`` is set."""
+
     name: str
-    prefix: str  # path prefix matched; "/" matches everything
-    cluster: str
+    matches: tuple[RouteMatch, ...] = ()  # empty: matches every request
+    destinations: tuple[Destination, ...] = ()
+    redirect: Optional[Redirect] = None
+    direct_response: Optional[DirectResponse] = None
+    rewrite: Optional[Rewrite] = None
+    request_headers: HeaderOps = field(default_factory=HeaderOps)
+    response_headers: HeaderOps = field(default_factory=HeaderOps)
+    fault: Optional[Fault] = None
+    mirrors: tuple[Mirror, ...] = ()
+    virtual_service: str = ""  # "namespace/name"; "" for a host's default route
+    index: int = 0  # position in the VirtualService's spec.http
+
+    @property
+    def cluster(self) -> str:
+        """The single destination's cluster ("" when weighted or not routing to a cluster)."""
+        return self.destinations[0].cluster if len(self.destinations) == 1 else ""
+
+    @property
+    def is_simple(self) -> bool:
+        """Matches everything and only forwards to one cluster: the data plane's fast path."""
+        return (not self.matches and len(self.destinations) == 1 and self.redirect is None
+                and self.direct_response is None and self.rewrite is None and self.fault is None
+                and not self.mirrors and self.request_headers == HeaderOps()
+                and self.response_headers == HeaderOps()
+                and self.destinations[0].request_headers == HeaderOps()
+                and self.destinations[0].response_headers == HeaderOps())
 
 
 @dataclass(frozen=True)
@@ -65,8 +221,8 @@ class VirtualHost:
     """A set of domains (Host header values, lowercase, with and without ``:port``) and routes."""
 
     name: str  # "echo.default.svc.cluster.local:80"
-    domains: tuple  # tuple[str, ...]
-    routes: tuple  # tuple[Route, ...]
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...]
 
 
 @dataclass(frozen=True)
@@ -75,7 +231,7 @@ class Listener:
     direction: str  # "outbound" | "inbound"
     address: str
     port: int
-    virtual_hosts: tuple  # tuple[VirtualHost, ...]
+    virtual_hosts: tuple[VirtualHost, ...]
     default_cluster: Optional[str] = None  # used when no domain matches (inbound, single app port)
 
 
@@ -122,11 +278,11 @@ class Workload:
 class Snapshot:
     version: str
     bootstrap: Bootstrap
-    listeners: tuple  # tuple[Listener, ...]
-    clusters: tuple  # tuple[Cluster, ...]
+    listeners: tuple[Listener, ...]
+    clusters: tuple[Cluster, ...]
     workload: Optional[Workload] = None
-    warnings: tuple = ()  # tuple[str, ...]: things accepted but not acted on
-    sources: tuple = ()  # tuple[str, ...]: files the snapshot was compiled from
+    warnings: tuple[str, ...] = ()  # things accepted but not acted on
+    sources: tuple[str, ...] = ()  # files the snapshot was compiled from
 
     def cluster(self, name: str) -> Optional[Cluster]:
         for c in self.clusters:
@@ -148,35 +304,8 @@ class Snapshot:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Snapshot":
-        b = dict(d["bootstrap"])
-        b["limits"] = Limits(**b.get("limits", {}))
-        return cls(
-            version=d["version"],
-            bootstrap=Bootstrap(**b),
-            listeners=tuple(
-                Listener(
-                    **{
-                        **ld,
-                        "virtual_hosts": tuple(
-                            VirtualHost(
-                                name=vh["name"],
-                                domains=tuple(vh["domains"]),
-                                routes=tuple(Route(**r) for r in vh["routes"]),
-                            )
-                            for vh in ld["virtual_hosts"]
-                        ),
-                    }
-                )
-                for ld in d["listeners"]
-            ),
-            clusters=tuple(
-                Cluster(**{**cd, "endpoints": tuple(Endpoint(**e) for e in cd["endpoints"])})
-                for cd in d["clusters"]
-            ),
-            workload=Workload(**d["workload"]) if d.get("workload") else None,
-            warnings=tuple(d.get("warnings", ())),
-            sources=tuple(d.get("sources", ())),
-        )
+        """Rebuild a Snapshot from ``to_dict()`` output (nested dataclasses from their types)."""
+        return _from_plain(cls, d)
 
     @classmethod
     def from_json(cls, s: str) -> "Snapshot":
@@ -186,6 +315,43 @@ class Snapshot:
 def content_version(payload: Any) -> str:
     """A short, stable version string for a snapshot's content (first 12 hex of SHA-256)."""
     return hashlib.sha256(json.dumps(_to_plain(payload), sort_keys=True).encode()).hexdigest()[:12]
+
+
+_HINTS: dict = {}
+
+
+def _hints(cls) -> dict:
+    h = _HINTS.get(cls)
+    if h is None:
+        h = _HINTS[cls] = typing.get_type_hints(cls)
+    return h
+
+
+def _from_plain(tp: Any, value: Any) -> Any:
+    """The inverse of ``_to_plain`` for the annotated types used in this module."""
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _from_plain(args[0], value)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_plain(args[0], v) for v in value)
+        if args:
+            return tuple(_from_plain(a, v) for a, v in zip(args, value))
+        return tuple(value)
+    if dataclasses.is_dataclass(tp):
+        hints = _hints(tp)
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in value:
+                kwargs[f.name] = _from_plain(hints[f.name], value[f.name])
+        return tp(**kwargs)
+    if tp is tuple:
+        return tuple(value)
+    return value
 
 
 def _to_plain(obj: Any) -> Any:

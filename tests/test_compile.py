@@ -43,7 +43,8 @@ def test_client_sidecar_outbound():
         "echo.default.svc.cluster.local:80", "echo.default.svc.cluster.local",
         "echo.default.svc:80", "echo.default.svc", "echo.default:80", "echo.default", "echo:80", "echo")
     [route] = vh.routes
-    assert (route.name, route.prefix, route.cluster) == ("default", "/", "outbound|80||echo.default.svc.cluster.local")
+    assert (route.name, route.matches, route.cluster) == ("default", (), "outbound|80||echo.default.svc.cluster.local")
+    assert route.is_simple
     cluster = snap.cluster(route.cluster)
     assert (cluster.direction, cluster.service, cluster.namespace, cluster.port, cluster.port_name,
             cluster.protocol, cluster.lb_policy) == (
