@@ -164,6 +164,15 @@ class SingleProcess:
         _log_snapshot(snap, "reloaded")
 
 
+def _int_codes(snap: dict) -> dict:
+    """A worker's stats snapshot as ``ClusterStats.snapshot()`` made it: the JSON line turned its
+    int status-code keys into strings, which the merge and the renderers cannot compare."""
+    codes = snap.get("codes")
+    if codes:
+        snap = dict(snap, codes={int(k): v for k, v in codes.items()})
+    return snap
+
+
 class WorkerHandle:
     """The supervisor's view of one worker process."""
 
@@ -354,9 +363,9 @@ class Supervisor:
         by_listener: dict = {}
         for r in replies:
             for s in r["stats"]["clusters"]:
-                by_cluster.setdefault(s["name"], []).append(s)
+                by_cluster.setdefault(s["name"], []).append(_int_codes(s))
             for s in r["stats"]["listeners"]:
-                by_listener.setdefault(s["name"], []).append(s)
+                by_listener.setdefault(s["name"], []).append(_int_codes(s))
         w = self.snap.workload
         return {
             "clusters": [counters.merge(v) for v in by_cluster.values()],
