@@ -790,7 +790,6 @@ def main(duration: float = 0, rate: float = 200) -> int:
     instances: list = []
     sidecar: Optional[subprocess.Popen] = None
     loop = _new_loop()
-    state = {"sidecar_rc": None}
     try:
         instances, outbound, admin, path = _plan(workdir)
         problems = _validate(path)
@@ -808,7 +807,7 @@ def main(duration: float = 0, rate: float = 200) -> int:
             sidecar = _popen(sidecar_command(path), stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT)
         asyncio.set_event_loop(loop)
         return loop.run_until_complete(
-            _run(loop, duration, rate, instances, outbound, admin, path, sidecar, err_path, state))
+            _run(loop, duration, rate, instances, outbound, admin, path, sidecar, err_path))
     except KeyboardInterrupt:
         print("\ninterrupted during start-up", file=sys.stderr)
         return 130
@@ -846,8 +845,8 @@ async def _wait_ready(sidecar, admin, timeout: float = 20.0) -> bool:
     return False
 
 
-async def _run(loop, duration, rate, instances, outbound, admin, path, sidecar, err_path,
-               state) -> int:
+async def _run(loop, duration, rate, instances, outbound, admin, path, sidecar,
+               err_path) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
