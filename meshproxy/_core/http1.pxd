@@ -13,6 +13,7 @@ ctypedef struct HeaderLine:
     Py_ssize_t line_end     # one past the LF
     int kind
     bint drop               # hop-by-hop: not forwarded
+    bint skip               # named in serialize()'s ``drop`` argument (reset after each call)
 
 cdef enum:
     MAX_CONN_TOKENS = 16
@@ -83,6 +84,8 @@ cdef class _HeadParser:
     cdef Py_ssize_t _parse(self, object buf, Py_ssize_t start) except -1
     cdef Py_ssize_t _kept_size(self) noexcept
     cdef char *_copy_kept(self, char *o) noexcept
+    cdef int _mark_skip(self, tuple drop) except -1
+    cdef void _clear_skip(self) noexcept
 
 
 cdef class RequestParser(_HeadParser):
@@ -106,7 +109,7 @@ cdef class RequestParser(_HeadParser):
         readonly object forwarded_for
 
     cpdef Py_ssize_t parse(self, object buf, Py_ssize_t start=*) except -1
-    cpdef bytes serialize(self, bytes extra=*, object path=*)
+    cpdef bytes serialize(self, bytes extra=*, object path=*, tuple drop=*)
     cdef int _target_form(self) except -1
 
 
@@ -117,7 +120,7 @@ cdef class ResponseParser(_HeadParser):
         readonly object upgrade
 
     cpdef Py_ssize_t parse(self, object buf, Py_ssize_t start=*) except -1
-    cpdef bytes serialize(self, bytes extra=*, Py_ssize_t body=*)
+    cpdef bytes serialize(self, bytes extra=*, Py_ssize_t body=*, tuple drop=*)
 
 
 cdef class ChunkedFramer:

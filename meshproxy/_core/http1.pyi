@@ -134,8 +134,12 @@ class RequestParser:
     def get(self, name: bytes) -> Optional[bytes]:
         """The value of the first header named ``name`` (lowercase, ASCII), or None (cold path)."""
 
-    def serialize(self, extra: bytes = b"", path: Optional[bytes] = None) -> bytes:
+    def serialize(self, extra: bytes = b"", path: Optional[bytes] = None,
+                  drop: Optional[tuple[bytes, ...]] = None) -> bytes:
         """The head to send upstream.
+
+        ``drop``: lowercase header names to leave out as well (route header edits: ``remove``,
+        and ``set`` which re-adds the header in ``extra``).
 
         ``method SP (path or self.path) SP HTTP/1.x CRLF``, then every header line copied as it was
         received (name case kept) except hop-by-hop ones (see the module doc), then ``extra``
@@ -175,8 +179,11 @@ class ResponseParser:
 
     def get(self, name: bytes) -> Optional[bytes]: ...
 
-    def serialize(self, extra: bytes = b"") -> bytes:
-        """The head to send downstream: the status line as received (version rewritten to
+    def serialize(self, extra: bytes = b"", body: int = 0,
+                  drop: Optional[tuple[bytes, ...]] = None) -> bytes:
+        """The head to send downstream, followed by the first ``body`` bytes that came after the
+        head in the parsed buffer (so head and first body bytes leave in one write); ``drop`` as
+        for requests. The head: the status line as received (version rewritten to
         ``HTTP/1.1``), kept header lines, ``extra``, ``CRLF``. Hop-by-hop headers are dropped except
         on a 101 response, where ``Connection`` and ``Upgrade`` are kept as the single lines
         ``Connection: upgrade`` and ``Upgrade: <value>``."""

@@ -339,6 +339,7 @@ cdef class _HeadParser:
         h.name_end = i
         h.line_end = le + 2
         h.drop = False
+        h.skip = False
         vs = i + 1
         while vs < le and (p[vs] == b' ' or p[vs] == b'\t'):
             vs += 1
@@ -535,10 +536,29 @@ cdef class _HeadParser:
                 return bytes(b[h.value_start:h.value_end])
         return None
 
+    cdef int _mark_skip(self, tuple drop) except -1:
+        """Mark header lines whose (lowercase) name is in ``drop`` (route header edits)."""
+        cdef Py_ssize_t i
+        cdef HeaderLine *h
+        cdef bytes name
+        for i in range(self._nhdrs):
+            h = &self._hdrs[i]
+            for name in drop:
+                if _ieq(self._p + h.line_start, h.name_end - h.line_start,
+                        PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name)):
+                    h.skip = True
+                    break
+        return 0
+
+    cdef void _clear_skip(self) noexcept:
+        cdef Py_ssize_t i
+        for i in range(self._nhdrs):
+            self._hdrs[i].skip = False
+
     cdef Py_ssize_t _kept_size(self) noexcept:
         cdef Py_ssize_t i, total = 0
         for i in range(self._nhdrs):
-            if not self._hdrs[i].drop:
+            if not self._hdrs[i].drop and not self._hdrs[i].skip:
                 total += self._hdrs[i].line_end - self._hdrs[i].line_start
         return total
 
@@ -547,13 +567,14 @@ cdef class _HeadParser:
         cdef Py_ssize_t i = 0, rs, re
         cdef const char *p = self._p
         while i < self._nhdrs:
-            if self._hdrs[i].drop:
+            if self._hdrs[i].drop or self._hdrs[i].skip:
                 i += 1
                 continue
             rs = self._hdrs[i].line_start
             re = self._hdrs[i].line_end
             i += 1
-            while i < self._nhdrs and not self._hdrs[i].drop and self._hdrs[i].line_start == re:
+            while i < self._nhdrs and not self._hdrs[i].drop and not self._hdrs[i].skip \
+                    and self._hdrs[i].line_start == re:
                 re = self._hdrs[i].line_end
                 i += 1
             memcpy(o, p + rs, re - rs)
@@ -777,7 +798,7 @@ cdef class RequestParser(_HeadParser):
                 return b"/" + bytes(self._buf[self._path_start:self._t_end])
         return bytes(self._buf[self._path_start:self._t_end])
 
-    cpdef bytes serialize(self, bytes extra=b"", object path=None):
+    cpdef bytes serialize(self, bytes extra=b"", object path=None, tuple drop=None):
         cdef Py_ssize_t mlen, plen, size, elen = len(extra)
         cdef const char *pp
         cdef char *o
@@ -797,6 +818,8 @@ cdef class RequestParser(_HeadParser):
         else:
             pp = <const char *>(<bytes>path)
             plen = len(<bytes>path)
+        if drop:
+            self._mark_skip(drop)
         size = mlen + 1 + plen + 11 + self._kept_size() + elen + 2
         if up:
             size += 21
@@ -815,6 +838,8 @@ cdef class RequestParser(_HeadParser):
         memcpy(o, b" HTTP/1.1\r\n" if self.version == 1 else b" HTTP/1.0\r\n", 11)
         o += 11
         o = self._copy_kept(o)
+        if drop:
+            self._clear_skip()
         if up:
             memcpy(o, b"Connection: upgrade\r\n", 21)
             o += 21
@@ -885,7 +910,7 @@ cdef class ResponseParser(_HeadParser):
             h.drop = False
         return 0
 
-    cpdef bytes serialize(self, bytes extra=b"", Py_ssize_t body=0):
+    cpdef bytes serialize(self, bytes extra=b"", Py_ssize_t body=0, tuple drop=None):
         cdef Py_ssize_t slen, size, elen = len(extra), end
         cdef char *o
         cdef bint up = self.upgrade is not None
@@ -896,6 +921,8 @@ cdef class ResponseParser(_HeadParser):
         end = self._start + self.head_length
         if body < 0 or body > len(self._buf) - end:
             raise ValueError("body runs past the buffer")
+        if drop:
+            self._mark_skip(drop)
         size = 9 + slen + 2 + self._kept_size() + elen + 2 + body + (1 if slen == 3 else 0)
         if up:
             size += 21
@@ -913,6 +940,8 @@ cdef class ResponseParser(_HeadParser):
         o[1] = b'\n'
         o += 2
         o = self._copy_kept(o)
+        if drop:
+            self._clear_skip()
         if up:
             memcpy(o, b"Connection: upgrade\r\n", 21)
             o += 21

@@ -677,7 +677,7 @@ class RequestParser(_HeadParser):
         self.request_id = rid
         self.forwarded_for = b", ".join(xff) if xff else None
 
-    def serialize(self, extra=b"", path=None):
+    def serialize(self, extra=b"", path=None, drop=None):
         out = [
             self.method,
             b" ",
@@ -685,7 +685,7 @@ class RequestParser(_HeadParser):
             b" HTTP/1.1\r\n" if self.version == 1 else b" HTTP/1.0\r\n",
         ]
         upgrade = self.upgrade is not None
-        self._copy_lines(out, upgrade, _PROXY_SET)
+        self._copy_lines(out, upgrade, _PROXY_SET | frozenset(drop) if drop else _PROXY_SET)
         if upgrade:
             out.append(_CONNECTION_UPGRADE)
         if extra:
@@ -734,11 +734,11 @@ class ResponseParser(_HeadParser):
         self.status, self._reason = st.extra
         self.upgrade = st.upgrade if self.status == 101 else None
 
-    def serialize(self, extra=b"", body=0):
+    def serialize(self, extra=b"", body=0, drop=None):
         status = self.status
         out = [b"HTTP/1.1 %d " % status, self._reason, _CRLF]
         upgrade = self.upgrade is not None
-        self._copy_lines(out, upgrade)
+        self._copy_lines(out, upgrade, frozenset(drop) if drop else frozenset())
         if upgrade:
             out.append(_CONNECTION_UPGRADE)
         if extra:
