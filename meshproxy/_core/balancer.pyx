@@ -1,11 +1,29 @@
-# cython: language_level=3
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Load-balancer pickers, compiled. Contract and docs: balancer.pyi.
 
-A picker is built when a cluster's membership or weights change and only read per pick: its state
-lives in C arrays (ARCHITECTURE.md section 3.5), so ``pick()`` allocates nothing.
+A picker is built when a cluster's membership, weights or health change and only read per pick:
+its state lives in C arrays (ARCHITECTURE.md section 3.5), so ``pick()`` allocates nothing and
+makes no Python call. Construction is the cold path and may use Python freely.
+
+Istio's policies (DestinationRule ``loadBalancer``) map to Envoy's load balancers and to:
+
+* ROUND_ROBIN   -> RoundRobinPicker     smooth weighted round robin
+* RANDOM        -> RandomPicker         alias method over a xorshift128+ stream
+* LEAST_REQUEST -> LeastRequestPicker   P2C over active counts / EDF with weight/(active+1)
+* RING_HASH     -> RingHashPicker       Envoy's ketama-style ring of xxHash64 points
+* MAGLEV        -> MaglevPicker         Envoy's Maglev table
+
+Ring and Maglev placement depend only on endpoint names and weights (never on list positions),
+and are bit-identical to the pure twin (meshproxy/_py/balancer.py): same xxHash64, same sizing
+arithmetic, same fill order.
 """
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.math cimport ceil, pow
+from libc.stdint cimport int32_t, uint64_t
+from libc.stdio cimport snprintf
+from libc.stdlib cimport qsort
+from libc.string cimport memcpy
 
 
 cdef class RoundRobinPicker:
@@ -56,3 +74,637 @@ cdef class RoundRobinPicker:
                 best = i
         self._current[best] -= self._total
         return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared machinery: validation, xxHash64, the PRNG and its fork handling.
+# ---------------------------------------------------------------------------------------------
+
+cdef list _checked_weights(weights):
+    # Cold path (construction only): Python ints, so no overflow before the checks.
+    cdef list ws = [int(w) for w in weights]
+    if not ws:
+        raise ValueError("a picker needs at least one endpoint")
+    for w in ws:
+        if w <= 0:
+            raise ValueError("endpoint weights must be positive")
+    if len(ws) >= 2 ** 31:
+        raise ValueError("too many endpoints")
+    return ws
+
+
+cdef list _checked_names(names, Py_ssize_t n):
+    cdef list out
+    if names is None:
+        return [str(i) for i in range(n)]
+    out = [str(x) for x in names]
+    if len(out) != n:
+        raise ValueError(f"names has {len(out)} entries for {n} endpoints")
+    if len(set(out)) != n:
+        raise ValueError("endpoint names must be unique")
+    return out
+
+
+# xxHash64 constants (Yann Collet's XXH64, as Envoy's HashUtil::xxHash64 calls it).
+cdef uint64_t _P1 = 0x9E3779B185EBCA87ULL
+cdef uint64_t _P2 = 0xC2B2AE3D27D4EB4FULL
+cdef uint64_t _P3 = 0x165667B19E3779F9ULL
+cdef uint64_t _P4 = 0x85EBCA77C2B2AE63ULL
+cdef uint64_t _P5 = 0x27D4EB2F165667C5ULL
+
+
+cdef inline uint64_t _rotl(uint64_t x, int r) noexcept nogil:
+    return (x << r) | (x >> (64 - r))
+
+
+cdef inline uint64_t _read64(const unsigned char *p) noexcept nogil:
+    # little-endian load whatever the host order (compilers turn this into one mov on x86-64)
+    return (<uint64_t>p[0] | (<uint64_t>p[1] << 8) | (<uint64_t>p[2] << 16) | (<uint64_t>p[3] << 24)
+            | (<uint64_t>p[4] << 32) | (<uint64_t>p[5] << 40) | (<uint64_t>p[6] << 48)
+            | (<uint64_t>p[7] << 56))
+
+
+cdef inline uint64_t _read32(const unsigned char *p) noexcept nogil:
+    return (<uint64_t>p[0] | (<uint64_t>p[1] << 8) | (<uint64_t>p[2] << 16) | (<uint64_t>p[3] << 24))
+
+
+cdef inline uint64_t _xxh_round(uint64_t acc, uint64_t lane) noexcept nogil:
+    acc += lane * _P2
+    acc = _rotl(acc, 31)
+    return acc * _P1
+
+
+cdef inline uint64_t _xxh_merge(uint64_t acc, uint64_t v) noexcept nogil:
+    acc ^= _xxh_round(0, v)
+    return acc * _P1 + _P4
+
+
+cdef uint64_t xxh64(const unsigned char *p, Py_ssize_t length, uint64_t seed) noexcept nogil:
+    cdef const unsigned char *end = p + length
+    cdef uint64_t h, v1, v2, v3, v4
+    if length >= 32:
+        v1 = seed + _P1 + _P2
+        v2 = seed + _P2
+        v3 = seed
+        v4 = seed - _P1
+        while end - p >= 32:
+            v1 = _xxh_round(v1, _read64(p))
+            v2 = _xxh_round(v2, _read64(p + 8))
+            v3 = _xxh_round(v3, _read64(p + 16))
+            v4 = _xxh_round(v4, _read64(p + 24))
+            p += 32
+        h = _rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)
+        h = _xxh_merge(h, v1)
+        h = _xxh_merge(h, v2)
+        h = _xxh_merge(h, v3)
+        h = _xxh_merge(h, v4)
+    else:
+        h = seed + _P5
+    h += <uint64_t>length
+    while end - p >= 8:
+        h ^= _xxh_round(0, _read64(p))
+        h = _rotl(h, 27) * _P1 + _P4
+        p += 8
+    if end - p >= 4:
+        h ^= _read32(p) * _P1
+        h = _rotl(h, 23) * _P2 + _P3
+        p += 4
+    while p < end:
+        h ^= p[0] * _P5
+        h = _rotl(h, 11) * _P1
+        p += 1
+    h ^= h >> 33
+    h *= _P2
+    h ^= h >> 29
+    h *= _P3
+    h ^= h >> 32
+    return h
+
+
+def hash_key(data, seed=0):
+    """xxHash64 of ``data`` (bytes-like), as an int in [0, 2**64). Same result in both twins."""
+    cdef const unsigned char[::1] view = data
+    cdef uint64_t s = seed
+    if view.shape[0] == 0:
+        return xxh64(<const unsigned char *>b"", 0, s)
+    return xxh64(&view[0], view.shape[0], s)
+
+
+cdef inline uint64_t _splitmix64(uint64_t *x) noexcept nogil:
+    cdef uint64_t z
+    x[0] += 0x9E3779B97F4A7C15ULL
+    z = x[0]
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL
+    return z ^ (z >> 31)
+
+
+# Master seed for unseeded pickers, from os.urandom at import and again in every forked child
+# (os.register_at_fork): a child must not replay its parent's random sequence, or every worker
+# of a pre-fork server would send its n-th request to the same endpoint.
+cdef uint64_t _master = 0
+cdef uint64_t _fork_epoch = 0
+
+
+def _after_fork_in_child():
+    global _master, _fork_epoch
+    _master = int.from_bytes(_os.urandom(8), "little")
+    _fork_epoch += 1
+
+
+import os as _os
+
+_master = int.from_bytes(_os.urandom(8), "little")
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+cdef inline void _rng_from(_Rng *rng, uint64_t x) noexcept nogil:
+    rng.s0 = _splitmix64(&x)
+    rng.s1 = _splitmix64(&x)
+    if rng.s0 == 0 and rng.s1 == 0:  # xorshift's one forbidden state
+        rng.s1 = 1
+
+
+cdef int _rng_init(_Rng *rng, seed) except -1:
+    if seed is None:
+        rng.fixed = False
+        rng.epoch = _fork_epoch
+        _rng_from(rng, _splitmix64(&_master))
+    else:
+        rng.fixed = True
+        rng.epoch = 0
+        _rng_from(rng, <uint64_t>(hash(seed) & 0xFFFFFFFFFFFFFFFF) if not isinstance(seed, int)
+                  else <uint64_t>(seed & 0xFFFFFFFFFFFFFFFF))
+    return 0
+
+
+cdef inline uint64_t _rng_next(_Rng *rng) noexcept nogil:
+    # xorshift128+ (Vigna): two xors and shifts per 64 bits, passes BigCrush in its upper bits.
+    cdef uint64_t s1 = rng.s0
+    cdef uint64_t s0 = rng.s1
+    if rng.epoch != _fork_epoch and not rng.fixed:
+        rng.epoch = _fork_epoch
+        _rng_from(rng, _splitmix64(&_master))
+        s1 = rng.s0
+        s0 = rng.s1
+    rng.s0 = s0
+    s1 ^= s1 << 23
+    rng.s1 = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26)
+    return rng.s1 + s0
+
+
+cdef inline Py_ssize_t _below(uint64_t r, Py_ssize_t n) noexcept nogil:
+    # Lemire's multiply-shift on the upper 32 bits: uniform in [0, n) up to n / 2**32 bias.
+    return <Py_ssize_t>(((r >> 32) * <uint64_t>n) >> 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# RANDOM
+# ---------------------------------------------------------------------------------------------
+
+cdef class RandomPicker:
+    """Weighted random through Vose's alias method: one PRNG draw and one table read per pick."""
+
+    def __cinit__(self, weights, seed=None):
+        cdef list ws = _checked_weights(weights)
+        cdef Py_ssize_t n = len(ws), i
+        self._n = n
+        self._prob = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
+        self._alias = <int32_t *>PyMem_Malloc(n * sizeof(int32_t))
+        if self._prob is NULL or self._alias is NULL:
+            raise MemoryError()
+        # Integer Vose: each column holds `total` units; column s keeps scaled[s] of them and
+        # lends the rest to a large column. Exact, so shares are off by at most 2**-32.
+        total = sum(ws)
+        scaled = [w * n for w in ws]
+        prob = [1 << 32] * n
+        alias = list(range(n))
+        small = [i for i in range(n) if scaled[i] < total]
+        large = [i for i in range(n) if scaled[i] >= total]
+        while small and large:
+            s = small.pop()
+            l = large.pop()
+            prob[s] = (scaled[s] << 32) // total
+            alias[s] = l
+            scaled[l] -= total - scaled[s]
+            (small if scaled[l] < total else large).append(l)
+        for i in range(n):
+            self._prob[i] = prob[i]
+            self._alias[i] = alias[i]
+        _rng_init(&self._rng, seed)
+
+    def __dealloc__(self):
+        PyMem_Free(self._prob)
+        PyMem_Free(self._alias)
+
+    @property
+    def size(self):
+        return self._n
+
+    cpdef Py_ssize_t pick(self):
+        cdef uint64_t r = _rng_next(&self._rng)
+        # low 32 bits choose the column, high 32 bits decide column vs alias
+        cdef Py_ssize_t col = <Py_ssize_t>(((r & 0xFFFFFFFFULL) * <uint64_t>self._n) >> 32)
+        if (r >> 32) < self._prob[col]:
+            return col
+        return self._alias[col]
+
+
+# ---------------------------------------------------------------------------------------------
+# LEAST_REQUEST
+# ---------------------------------------------------------------------------------------------
+
+cdef inline bint _edf_before(_EdfEntry *a, _EdfEntry *b) noexcept nogil:
+    return a.deadline < b.deadline or (a.deadline == b.deadline and a.order < b.order)
+
+
+cdef class LeastRequestPicker:
+    """Envoy's LEAST_REQUEST: P2C (N choices) for equal weights, EDF over weight/(active+1)^bias
+    otherwise. Active counts live here (acquire/release), so a pick makes no Python call."""
+
+    def __cinit__(self, weights, active=None, choice_count=2, seed=None, active_request_bias=1.0):
+        cdef list ws = _checked_weights(weights)
+        cdef Py_ssize_t n = len(ws), i, j, child
+        cdef _EdfEntry tmp
+        self._n = n
+        if choice_count < 2:
+            raise ValueError("choice_count must be at least 2 (Envoy's bound)")
+        if not active_request_bias >= 0.0:
+            raise ValueError("active_request_bias must be >= 0")
+        self._choice_count = min(choice_count, 1 << 30)
+        self._bias = active_request_bias
+        acts = [0] * n if active is None else [int(a) for a in active]
+        if len(acts) != n:
+            raise ValueError(f"active has {len(acts)} entries for {n} endpoints")
+        if any(a < 0 for a in acts):
+            raise ValueError("active request counts must be >= 0")
+        self._weight = <double *>PyMem_Malloc(n * sizeof(double))
+        self._active = <long long *>PyMem_Malloc(n * sizeof(long long))
+        self._heap = <_EdfEntry *>PyMem_Malloc(n * sizeof(_EdfEntry))
+        if self._weight is NULL or self._active is NULL or self._heap is NULL:
+            raise MemoryError()
+        self._uniform = all(w == ws[0] for w in ws)
+        for i in range(n):
+            self._weight[i] = ws[i]
+            self._active[i] = acts[i]
+        _rng_init(&self._rng, seed)
+        # EDF start (Envoy's EdfScheduler::add at time 0): deadline 1/weight, ties by insertion.
+        self._edf_time = 0.0
+        self._edf_order = 0
+        for i in range(n):
+            self._heap[i].deadline = 1.0 / self._effective(i)
+            self._heap[i].order = self._edf_order
+            self._heap[i].index = i
+            self._edf_order += 1
+            j = i
+            while j > 0 and _edf_before(&self._heap[j], &self._heap[(j - 1) >> 1]):
+                tmp = self._heap[j]
+                self._heap[j] = self._heap[(j - 1) >> 1]
+                self._heap[(j - 1) >> 1] = tmp
+                j = (j - 1) >> 1
+
+    def __dealloc__(self):
+        PyMem_Free(self._weight)
+        PyMem_Free(self._active)
+        PyMem_Free(self._heap)
+
+    @property
+    def size(self):
+        return self._n
+
+    @property
+    def choice_count(self):
+        return self._choice_count
+
+    cdef double _effective(self, Py_ssize_t i) noexcept nogil:
+        # Envoy's hostWeight: weight / (active + 1) ** active_request_bias
+        cdef double a = <double>(self._active[i] + 1)
+        if self._bias == 1.0:
+            return self._weight[i] / a
+        if self._bias == 0.0:
+            return self._weight[i]
+        return self._weight[i] / pow(a, self._bias)
+
+    cpdef Py_ssize_t pick(self):
+        cdef Py_ssize_t best, cand, k, j, child, n = self._n
+        cdef _EdfEntry top, tmp
+        if self._uniform:
+            # unweightedHostPickNChoices: sample with replacement, keep the strictly less loaded
+            # (ties keep the first sampled)
+            best = _below(_rng_next(&self._rng), n)
+            for k in range(1, self._choice_count):
+                cand = _below(_rng_next(&self._rng), n)
+                if self._active[cand] < self._active[best]:
+                    best = cand
+            return best
+        # EdfScheduler::pickAndAdd: take the earliest deadline, advance time to it, and re-add the
+        # same endpoint with its weight recomputed from its active count now.
+        top = self._heap[0]
+        self._edf_time = top.deadline
+        best = top.index
+        top.deadline = self._edf_time + 1.0 / self._effective(best)
+        top.order = self._edf_order
+        self._edf_order += 1
+        # sift down from the root
+        j = 0
+        while True:
+            child = 2 * j + 1
+            if child >= n:
+                break
+            if child + 1 < n and _edf_before(&self._heap[child + 1], &self._heap[child]):
+                child += 1
+            if not _edf_before(&self._heap[child], &top):
+                break
+            self._heap[j] = self._heap[child]
+            j = child
+        self._heap[j] = top
+        return best
+
+    cpdef int acquire(self, Py_ssize_t i) except -1:
+        """A request to endpoint ``i`` started."""
+        if i < 0 or i >= self._n:
+            raise IndexError("endpoint index out of range")
+        self._active[i] += 1
+        return 0
+
+    cpdef int release(self, Py_ssize_t i) except -1:
+        """A request to endpoint ``i`` ended."""
+        if i < 0 or i >= self._n:
+            raise IndexError("endpoint index out of range")
+        if self._active[i] == 0:
+            raise ValueError("release without a matching acquire")
+        self._active[i] -= 1
+        return 0
+
+    cpdef long long active(self, Py_ssize_t i) except -1:
+        """Requests in flight on endpoint ``i``."""
+        if i < 0 or i >= self._n:
+            raise IndexError("endpoint index out of range")
+        return self._active[i]
+
+
+# ---------------------------------------------------------------------------------------------
+# RING_HASH
+# ---------------------------------------------------------------------------------------------
+
+ctypedef struct _RingEntry:
+    uint64_t hash
+    int32_t rank        # position of the owner in name order: ties break by name, not index
+    int32_t owner
+
+
+cdef int _ring_cmp(const void *a, const void *b) noexcept nogil:
+    cdef const _RingEntry *x = <const _RingEntry *>a
+    cdef const _RingEntry *y = <const _RingEntry *>b
+    if x.hash != y.hash:
+        return -1 if x.hash < y.hash else 1
+    return (x.rank > y.rank) - (x.rank < y.rank)
+
+
+cdef list _ring_counts(list ws, list order, Py_ssize_t minimum_ring_size, Py_ssize_t maximum_ring_size):
+    # Envoy's RingHashLoadBalancer::Ring sizing, in the same double arithmetic as the twin:
+    # scale so the lightest endpoint gets ceil(min_ring_size * its share) entries, capped at the
+    # maximum; running sums carry the rounding from endpoint to endpoint (here in name order).
+    cdef double total = sum(ws)
+    cdef double min_norm = min(ws) / total
+    cdef double scale = min(ceil(min_norm * minimum_ring_size) / min_norm, <double>maximum_ring_size)
+    cdef double current = 0.0, target = 0.0, step
+    cdef list counts = [0] * len(ws)
+    for i in order:
+        target += scale * (ws[i] / total)
+        if current < target:
+            step = ceil(target - current)
+            counts[i] = <Py_ssize_t>step
+            current += step
+    return counts
+
+
+cdef class RingHashPicker:
+    """Envoy's ring hash: ``weight``-proportional points ``xxh64(f"{name}_{i}")`` on a sorted
+    ring; a key goes to the first point at or after its hash (wrapping)."""
+
+    def __cinit__(self, weights, names=None, minimum_ring_size=1024, maximum_ring_size=8388608):
+        cdef list ws = _checked_weights(weights)
+        cdef Py_ssize_t n = len(ws), i, k, m, pos, plen
+        cdef list nm = _checked_names(names, n)
+        cdef bytes key
+        cdef char buf[32]
+        cdef unsigned char *kb = NULL
+        cdef _RingEntry *entries
+        if not 1 <= minimum_ring_size <= maximum_ring_size <= 8388608:
+            raise ValueError("need 1 <= minimum_ring_size <= maximum_ring_size <= 8388608")
+        self._n = n
+        order = sorted(range(n), key=nm.__getitem__)
+        counts = _ring_counts(ws, order, minimum_ring_size, maximum_ring_size)
+        m = sum(counts)
+        self._ring_size = m
+        self._hashes = <uint64_t *>PyMem_Malloc(m * sizeof(uint64_t))
+        self._owners = <int32_t *>PyMem_Malloc(m * sizeof(int32_t))
+        entries = <_RingEntry *>PyMem_Malloc(m * sizeof(_RingEntry))
+        if self._hashes is NULL or self._owners is NULL or entries is NULL:
+            PyMem_Free(entries)
+            raise MemoryError()
+        try:
+            pos = 0
+            for rank in range(n):
+                i = order[rank]
+                key = nm[i].encode("utf-8") + b"_"
+                plen = len(key)
+                kb = <unsigned char *>PyMem_Malloc(plen + 24)
+                if kb is NULL:
+                    raise MemoryError()
+                memcpy(kb, <const char *>key, plen)
+                for k in range(counts[i]):
+                    entries[pos].hash = xxh64(kb, plen + snprintf(<char *>kb + plen, 24, "%zd", k), 0)
+                    entries[pos].rank = rank
+                    entries[pos].owner = i
+                    pos += 1
+                PyMem_Free(kb)
+                kb = NULL
+            qsort(entries, m, sizeof(_RingEntry), _ring_cmp)
+            for pos in range(m):
+                self._hashes[pos] = entries[pos].hash
+                self._owners[pos] = entries[pos].owner
+        finally:
+            PyMem_Free(kb)
+            PyMem_Free(entries)
+
+    def __dealloc__(self):
+        PyMem_Free(self._hashes)
+        PyMem_Free(self._owners)
+
+    @property
+    def size(self):
+        return self._n
+
+    @property
+    def ring_size(self):
+        return self._ring_size
+
+    hash_key = staticmethod(hash_key)
+
+    cpdef Py_ssize_t pick(self, uint64_t key_hash):
+        # lower bound: first ring entry whose hash >= key_hash, wrapping past the end to entry 0
+        cdef Py_ssize_t lo = 0, hi = self._ring_size, mid
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self._hashes[mid] < key_hash:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == self._ring_size:
+            lo = 0
+        return self._owners[lo]
+
+
+# ---------------------------------------------------------------------------------------------
+# MAGLEV
+# ---------------------------------------------------------------------------------------------
+
+cdef bint _is_prime(uint64_t m):
+    cdef uint64_t d
+    if m < 2:
+        return False
+    if m % 2 == 0:
+        return m == 2
+    d = 3
+    while d * d <= m:
+        if m % d == 0:
+            return False
+        d += 2
+    return True
+
+
+cdef class MaglevPicker:
+    """Maglev (Eisenbud et al., NSDI 2016) as Envoy builds it: per-endpoint permutations
+    ``offset = xxh64(name) % M``, ``skip = xxh64(name, seed=1) % (M - 1) + 1``, filled in name
+    order, an endpoint of weight w taking a turn on w/max_weight of the rounds."""
+
+    def __cinit__(self, weights, names=None, table_size=65537):
+        cdef list ws = _checked_weights(weights)
+        cdef Py_ssize_t n = len(ws), i, rank
+        cdef list nm = _checked_names(names, n)
+        cdef uint64_t M, filled, iteration, pos, max_w, j
+        cdef bytes key
+        cdef uint64_t *off = NULL
+        cdef uint64_t *skip = NULL
+        cdef uint64_t *w = NULL
+        cdef uint64_t *target = NULL
+        cdef int32_t *who = NULL
+        if not isinstance(table_size, int) or table_size < 2 or table_size >= 2 ** 32 or not _is_prime(table_size):
+            raise ValueError("maglev table_size must be a prime number (Envoy's default: 65537)")
+        if table_size < n:
+            raise ValueError("maglev table_size must be at least the number of endpoints")
+        if max(ws) >= 2 ** 31:
+            raise ValueError("maglev weights must be below 2**31")
+        M = table_size
+        self._n = n
+        self._table_size = M
+        self._table = <int32_t *>PyMem_Malloc(M * sizeof(int32_t))
+        if self._table is NULL:
+            raise MemoryError()
+        order = sorted(range(n), key=nm.__getitem__)
+        try:
+            off = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
+            skip = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
+            w = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
+            target = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
+            who = <int32_t *>PyMem_Malloc(n * sizeof(int32_t))
+            if off is NULL or skip is NULL or w is NULL or target is NULL or who is NULL:
+                raise MemoryError()
+            max_w = 0
+            for rank in range(n):
+                i = order[rank]
+                key = nm[i].encode("utf-8")
+                # `off` doubles as the permutation's current position (offset + skip * next) % M
+                off[rank] = xxh64(<const unsigned char *><const char *>key, len(key), 0) % M
+                skip[rank] = xxh64(<const unsigned char *><const char *>key, len(key), 1) % (M - 1) + 1
+                w[rank] = ws[i]
+                target[rank] = 0
+                who[rank] = i
+                if w[rank] > max_w:
+                    max_w = w[rank]
+            for j in range(M):
+                self._table[j] = -1
+            # Envoy's weighted fill with integer weights: `iteration * w/total < target/total`
+            # scaled by the total weight (exact, so both twins agree to the entry).
+            filled = 0
+            iteration = 1
+            while filled < M:
+                for rank in range(n):
+                    if filled >= M:
+                        break
+                    if iteration * w[rank] < target[rank]:
+                        continue
+                    target[rank] += max_w
+                    pos = off[rank]
+                    while self._table[pos] != -1:
+                        pos += skip[rank]
+                        if pos >= M:
+                            pos -= M
+                    self._table[pos] = who[rank]
+                    pos += skip[rank]
+                    if pos >= M:
+                        pos -= M
+                    off[rank] = pos
+                    filled += 1
+                iteration += 1
+        finally:
+            PyMem_Free(off)
+            PyMem_Free(skip)
+            PyMem_Free(w)
+            PyMem_Free(target)
+            PyMem_Free(who)
+
+    def __dealloc__(self):
+        PyMem_Free(self._table)
+
+    @property
+    def size(self):
+        return self._n
+
+    @property
+    def table_size(self):
+        return self._table_size
+
+    hash_key = staticmethod(hash_key)
+
+    def table(self):
+        """The lookup table as a list of endpoint indices (for tests and the admin page)."""
+        return [self._table[j] for j in range(self._table_size)]
+
+    cpdef Py_ssize_t pick(self, uint64_t key_hash):
+        return self._table[key_hash % self._table_size]
+
+
+# ---------------------------------------------------------------------------------------------
+# Istio's policy names
+# ---------------------------------------------------------------------------------------------
+
+_POLICIES = {
+    "ROUND_ROBIN": (RoundRobinPicker, ()),
+    "RANDOM": (RandomPicker, ("seed",)),
+    "LEAST_REQUEST": (LeastRequestPicker, ("active", "choice_count", "seed", "active_request_bias")),
+    "LEAST_CONN": (LeastRequestPicker, ("active", "choice_count", "seed", "active_request_bias")),
+    "UNSPECIFIED": (LeastRequestPicker, ("active", "choice_count", "seed", "active_request_bias")),
+    "RING_HASH": (RingHashPicker, ("names", "minimum_ring_size", "maximum_ring_size")),
+    "MAGLEV": (MaglevPicker, ("names", "table_size")),
+}
+
+
+def make_picker(policy, weights, **options):
+    """The picker for an Istio load-balancing policy name (see balancer.pyi)."""
+    try:
+        cls, accepted = _POLICIES[policy]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown load-balancing policy {policy!r}") from None
+    names = options.pop("names", None)
+    unknown = set(options) - set(accepted)
+    if unknown:
+        raise TypeError(f"{policy} does not take {', '.join(sorted(unknown))}")
+    if "names" in accepted:
+        options["names"] = names
+    elif names is not None and len(names) != len(weights):
+        raise ValueError(f"names has {len(names)} entries for {len(weights)} endpoints")
+    return cls(weights, **options)
