@@ -134,6 +134,9 @@ class RequestParser:
     def get(self, name: bytes) -> Optional[bytes]:
         """The value of the first header named ``name`` (lowercase, ASCII), or None (cold path)."""
 
+    def get_all(self, name: bytes) -> Optional[bytes]:
+        """Every value of header ``name`` joined with ``b","`` (as Envoy matches headers), or None."""
+
     def serialize(self, extra: bytes = b"", path: Optional[bytes] = None,
                   drop: Optional[tuple[bytes, ...]] = None) -> bytes:
         """The head to send upstream.

@@ -536,6 +536,26 @@ cdef class _HeadParser:
                 return bytes(b[h.value_start:h.value_end])
         return None
 
+    def get_all(self, name):
+        cdef Py_ssize_t i
+        cdef HeaderLine *h
+        cdef bytes lname = name
+        if not self._complete:
+            return None
+        b = self._buf
+        self._begin(b)
+        vals = None
+        for i in range(self._nhdrs):
+            h = &self._hdrs[i]
+            if _ieq(self._p + h.line_start, h.name_end - h.line_start,
+                    <const char *>lname, len(lname)):
+                if vals is None:
+                    vals = []
+                vals.append(bytes(b[h.value_start:h.value_end]))
+        if vals is None:
+            return None
+        return vals[0] if len(vals) == 1 else b",".join(vals)
+
     cdef int _mark_skip(self, tuple drop) except -1:
         """Mark header lines whose (lowercase) name is in ``drop`` (route header edits)."""
         cdef Py_ssize_t i

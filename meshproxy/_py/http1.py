@@ -439,6 +439,13 @@ class _HeadParser:
                 return bytes(buf[vs:ve])
         return None
 
+    def get_all(self, name):
+        buf = self._buf
+        vals = [bytes(buf[vs:ve]) for _, _, _, vs, ve, lname in self._lines if lname == name]
+        if not vals:
+            return None
+        return vals[0] if len(vals) == 1 else b",".join(vals)
+
     def _copy_lines(self, out, keep_upgrade, also_drop=frozenset()):
         """Append the kept header lines to ``out``, coalescing adjacent ones into one slice."""
         buf = self._buf
