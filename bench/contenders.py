@@ -36,6 +36,8 @@ class Contender:
     description = ""
     #: binaries this contender needs (installed by apt-get when missing)
     needs: tuple[str, ...] = ()
+    #: Python modules it needs in the venv (installed by pip when missing)
+    pip: tuple[str, ...] = ()
 
     def __init__(self, tmp: str, paths: dict[str, str]):
         self.tmp = tmp
@@ -142,6 +144,7 @@ class Meshproxy(Contender):
     name = "meshproxy"
     description = "meshproxy run --concurrency 1 (Cython hot path)"
     no_extensions = False
+    concurrency = 1
     ready_timeout = 30.0
 
     def env(self) -> dict:
@@ -175,7 +178,7 @@ class Meshproxy(Contender):
                       prom_port=prom, status_port=status)
         cmd = meshproxy_command()
         self.probe_compiled(cmd)
-        argv = cmd + ["run", "--config", conf, "--concurrency", "1"]
+        argv = cmd + ["run", "--config", conf, "--concurrency", str(self.concurrency)]
         self.info["argv"] = argv
         self.server = Managed(self.name, argv, self.tmp, env=self.env())
         deadline = time.monotonic() + self.ready_timeout
@@ -204,6 +207,12 @@ class MeshproxyPy(Meshproxy):
     no_extensions = True
 
 
+class MeshproxyC2(Meshproxy):
+    name = "meshproxy-c2"
+    description = "meshproxy run --concurrency 2 (supervisor + 2 workers on SO_REUSEPORT)"
+    concurrency = 2
+
+
 def _tail_lines(text: str, n: int = 6) -> str:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return " | ".join(lines[-n:])[-700:]
@@ -224,7 +233,25 @@ class PyRef(Contender):
         check_proxied(self.name, self.port, None)
 
 
-CONTENDERS = {c.name: c for c in (Direct, Meshproxy, MeshproxyPy, NginxProxy, HAProxy, PyRef)}
-DEFAULT_ORDER = ["direct", "meshproxy", "meshproxy-py", "nginx", "haproxy"]
+class AiohttpProxy(Contender):
+    name = "aiohttp"
+    description = ("bench/aiohttp_proxy.py: aiohttp reverse proxy on uvloop, one shared "
+                   "ClientSession (keep-alive pool)")
+    pip = ("aiohttp",)
+
+    def start(self, origin_port: int) -> None:
+        self.port = free_port()
+        venv_python = os.path.join(REPO, ".venv", "bin", "python")
+        python = venv_python if os.access(venv_python, os.X_OK) else sys.executable
+        self.server = Managed("aiohttp", [python, os.path.join(HERE, "aiohttp_proxy.py"),
+                                          str(self.port), str(origin_port)], self.tmp)
+        if not wait_port(self.port, 20) or not self.server.alive():
+            raise StartError(f"aiohttp proxy failed to start: {_tail_lines(self.server.tail())}")
+        check_proxied(self.name, self.port, None)
+
+
+CONTENDERS = {c.name: c for c in (Direct, Meshproxy, MeshproxyPy, MeshproxyC2, NginxProxy,
+                                  HAProxy, AiohttpProxy, PyRef)}
+DEFAULT_ORDER = ["direct", "meshproxy", "meshproxy-py", "nginx", "haproxy", "aiohttp"]
 #: also available, not run unless named in --contenders
-EXTRA = ["pyref"]
+EXTRA = ["meshproxy-c2", "pyref"]

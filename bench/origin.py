@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import string
 import subprocess
 import sys
@@ -17,7 +18,8 @@ BODY_SIZE = 1024
 BODY = (b"meshproxy-bench-origin-0123456789-abcdefghijklmnopqrstuvwxyz-" * 20)[:BODY_SIZE]
 
 #: binary -> Debian package that provides it
-APT_PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy"}
+APT_PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy", "hey": "hey",
+                "h2load": "nghttp2-client", "curl": "curl", "perf": "linux-perf"}
 SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 
 
@@ -60,6 +62,28 @@ def ensure_tools(binaries: list[str], log=print) -> dict[str, str]:
     return paths
 
 
+def ensure_python(modules: list[str], log=print) -> list[str]:
+    """Install the missing Python modules into this interpreter's environment with pip (the
+    ``bench`` extra lists them). Returns the modules still missing afterwards (never exits)."""
+    import importlib.util
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        pkgs = [PIP_PACKAGES.get(m, m) for m in missing]
+        log(f"# pip installing {' '.join(pkgs)} into {sys.prefix}")
+        try:
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q"] + pkgs, timeout=600,
+                           stdout=subprocess.DEVNULL)
+        except (subprocess.TimeoutExpired, OSError) as e:
+            log(f"# pip install failed: {e}")
+        importlib.invalidate_caches()
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+#: importable module -> PyPI name
+PIP_PACKAGES = {"py_spy": "py-spy", "aiohttp": "aiohttp", "matplotlib": "matplotlib",
+                "pytest_benchmark": "pytest-benchmark"}
+
+
 def render(template: str, dest: str, **fields) -> str:
     with open(os.path.join(TEMPLATES, template)) as f:
         text = string.Template(f.read()).substitute(**fields)
@@ -89,6 +113,9 @@ def start_nginx(name: str, nginx: str, conf: str, tmp: str, port: int) -> Manage
 class Origin:
     """nginx, one worker, ``return 200`` with a fixed 1 KiB body, keepalive_requests 100000."""
 
+    #: second address it also listens on (the server workload's, for the two-sidecar topology)
+    WORKLOAD_ADDR = "127.0.0.3"
+
     def __init__(self, nginx: str, tmp: str):
         self.nginx = nginx
         self.tmp = tmp
@@ -96,9 +123,18 @@ class Origin:
         self.server: Managed | None = None
 
     def start(self) -> None:
-        self.port = free_port()
+        # the same port free on both addresses (retry a few times if 127.0.0.3's is taken)
+        for _ in range(20):
+            self.port = free_port()
+            with socket.socket() as probe:
+                try:
+                    probe.bind((self.WORKLOAD_ADDR, self.port))
+                    break
+                except OSError:
+                    continue
         conf = render("origin.nginx.conf", os.path.join(self.tmp, "origin.nginx.conf"),
-                      tmp=self.tmp, port=self.port, body=BODY.decode(), user_line=nginx_user_line())
+                      tmp=self.tmp, port=self.port, body=BODY.decode(), user_line=nginx_user_line(),
+                      workload_addr=self.WORKLOAD_ADDR)
         self.server = start_nginx("origin", self.nginx, conf, self.tmp, self.port)
         status, body = http_get(self.port)
         if status != 200 or body != BODY:

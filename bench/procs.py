@@ -21,20 +21,20 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 LOOPBACK = "127.0.0.1"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close)."""
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port on ``host`` that was free a moment ago (bind to port 0, read it, close)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def free_ports(n: int) -> list[int]:
+def free_ports(n: int, host: str = LOOPBACK) -> list[int]:
     """``n`` distinct free ports (all sockets held open until every port is known)."""
     socks = []
     try:
         for _ in range(n):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((LOOPBACK, 0))
+            s.bind((host, 0))
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
@@ -111,9 +111,10 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def http_get(port: int, path: str = "/", host: Optional[str] = None, timeout: float = 2.0):
-    """GET http://127.0.0.1:port/path; returns (status, body) or raises OSError."""
-    req = urllib.request.Request(f"http://{LOOPBACK}:{port}{path}")
+def http_get(port: int, path: str = "/", host: Optional[str] = None, timeout: float = 2.0,
+             addr: str = LOOPBACK):
+    """GET http://addr:port/path; returns (status, body) or raises OSError."""
+    req = urllib.request.Request(f"http://{addr}:{port}{path}")
     if host:
         req.add_header("Host", host)
     # Never go through an HTTP proxy from the environment: traffic stays on loopback.
@@ -125,11 +126,24 @@ def http_get(port: int, path: str = "/", host: Optional[str] = None, timeout: fl
         return e.code, e.read()
 
 
-def wait_port(port: int, timeout: float) -> bool:
+def raise_nofile(want: int) -> int:
+    """Raise this process's RLIMIT_NOFILE soft limit towards ``want`` (children inherit it)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def wait_port(port: int, timeout: float, addr: str = LOOPBACK) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection((LOOPBACK, port), timeout=0.5):
+            with socket.create_connection((addr, port), timeout=0.5):
                 return True
         except OSError:
             time.sleep(0.05)
