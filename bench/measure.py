@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import threading
@@ -59,6 +60,32 @@ def parse_wrk(stdout: str) -> dict:
     return out
 
 
+def machine_cpu() -> dict:
+    """Whole-machine CPU seconds from /proc/stat's first line: user, system, idle, steal..."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return {}
+    tck = os.sysconf("SC_CLK_TCK")
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    return {n: int(v) / tck for n, v in zip(names, fields)}
+
+
+def machine_delta(a: dict, b: dict, wall: float) -> dict:
+    """Cores' worth of each /proc/stat category between two ``machine_cpu`` readings."""
+    if not a or not b or wall <= 0:
+        return {}
+    d = {k: (b[k] - a[k]) / wall for k in a if k in b}
+    d["busy"] = sum(v for k, v in d.items() if k not in ("idle", "iowait", "steal"))
+    return d
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 class RssSampler(threading.Thread):
     """Samples the RSS of a process tree every ``interval`` seconds until stopped."""
 
@@ -90,6 +117,7 @@ def run_wrk(wrk: str, port: int, host: str | None, connections: int, duration: f
     argv.append(f"http://127.0.0.1:{port}/")
 
     sampler = RssSampler(pid) if pid else None
+    wrk0, mach0 = children_cpu(), machine_cpu()
     cpu0 = tree_cpu(pid) if pid else None
     ocpu0 = tree_cpu(origin_pid) if origin_pid else None
     if sampler:
@@ -110,11 +138,14 @@ def run_wrk(wrk: str, port: int, host: str | None, connections: int, duration: f
             sampler.stop()
         raise
     wall = time.monotonic() - t0
+    wrk1, mach1 = children_cpu(), machine_cpu()
     cpu1 = tree_cpu(pid) if pid else None
     ocpu1 = tree_cpu(origin_pid) if origin_pid else None
     rss_during = sampler.stop() if sampler else []
 
-    sample: dict = {"argv": argv, "wall_s": wall, "exit_code": proc.returncode}
+    sample: dict = {"argv": argv, "wall_s": wall, "exit_code": proc.returncode,
+                    # wrk is the only child reaped during the run: its CPU is the rusage delta
+                    "wrk_cores": (wrk1 - wrk0) / wall, "machine": machine_delta(mach0, mach1, wall)}
     if proc.returncode != 0:
         sample["error"] = f"wrk exited {proc.returncode}: {stderr.strip()[-300:]}"
         return sample
@@ -139,7 +170,8 @@ def run_wrk(wrk: str, port: int, host: str | None, connections: int, duration: f
                          "cores": (du + ds) / wall}
     if origin_pid and reqs:
         du, ds = ocpu1.user_s - ocpu0.user_s, ocpu1.sys_s - ocpu0.sys_s
-        sample["origin_cpu"] = {"user_s": du, "sys_s": ds, "us_per_req": (du + ds) / reqs * 1e6}
+        sample["origin_cpu"] = {"user_s": du, "sys_s": ds, "us_per_req": (du + ds) / reqs * 1e6,
+                                "cores": (du + ds) / wall}
     if pid:
         sample["rss_during_mb"] = [round(x / MB, 2) for x in rss_during]
         sample["rss_peak_mb"] = max(rss_during) / MB if rss_during else None
