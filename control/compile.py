@@ -16,16 +16,20 @@ Everything is sorted, so the same input always gives the same Snapshot and the s
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ipaddress
 from typing import Optional
 
 from control.config import schema
 from control.config.load import LoadedConfig, Resource, load_config
+from control.config.traffic import TrafficIndex, resolve_host
 from control.config.validate import inbound_port_annotation, selected_workloads
 from control.errors import ConfigError, ConfigIssue
-from control.snapshot import (Bootstrap, Cluster, Destination, Endpoint, Limits, Listener, Route, Snapshot,
-                              VirtualHost, Workload, content_version)
+from control.snapshot import (Bootstrap, Cluster, Destination, DirectResponse, Endpoint, Fault, HashPolicy,
+                              HeaderMatch, HeaderOps, Limits, Listener, LocalityLb, Mirror, QueryMatch, Redirect,
+                              Rewrite, Route, RouteMatch, Snapshot, StringMatch, VirtualHost, Workload,
+                              content_version)
 
 DOMAIN_SUFFIX = "cluster.local"
 DEFAULT_NAMESPACE = "default"
@@ -99,22 +103,22 @@ def compile_snapshot(cfg: LoadedConfig, workload: Optional[str] = None,
     out_vhosts: list = []
     in_vhosts: list = []
     in_targets: set = set()
+    index = TrafficIndex(cfg.resources)
+    outbound = _Outbound(index, entries, peer_inbound_port, timeouts, clusters, warnings)
     for se in services:
-        selected = selected_workloads(se, entries)
         ports = se.spec["ports"]
         for p in ports:
             if p["protocol"] not in schema.HTTP_PROTOCOLS:
                 continue
-            endpoints = _endpoints(se, p, selected, peer_inbound_port)
             for host in se.spec["hosts"]:
-                cname = f"outbound|{p['number']}||{host}"
-                clusters[cname] = Cluster(
-                    name=cname, direction="outbound", service=host, namespace=se.namespace,
-                    port=p["number"], port_name=p["name"], protocol=p["protocol"],
-                    lb_policy="ROUND_ROBIN", endpoints=endpoints, **timeouts)
+                cname = outbound.cluster(host, p["number"], "")
                 domains = service_domains(host, p["number"], ports, sidecar_ns)
-                out_vhosts.append(VirtualHost(f"{host}:{p['number']}", domains,
-                                              (Route("default", destinations=(Destination(cname),)),)))
+                vs = index.virtual_service_for(host)
+                if vs is None:
+                    routes = (Route("default", destinations=(Destination(cname),)),)
+                else:
+                    routes = outbound.routes(vs, p["number"], wl)
+                out_vhosts.append(VirtualHost(f"{host}:{p['number']}", domains, routes))
             target = _inbound_target(se, p, wl_res, wl) if wl else None
             if target is None:
                 continue
@@ -122,7 +126,7 @@ def compile_snapshot(cfg: LoadedConfig, workload: Optional[str] = None,
             in_targets.add(target)
             clusters[iname] = Cluster(
                 name=iname, direction="inbound", service="", namespace="", port=target,
-                port_name=p["name"], protocol=p["protocol"], lb_policy="ROUND_ROBIN",
+                port_name=p["name"], protocol=p["protocol"],
                 endpoints=(Endpoint(wl.address, target, target, labels=dict(wl.labels),
                                     workload=f"{wl.namespace}/{wl.name}"),),
                 **timeouts)
@@ -166,6 +170,8 @@ def service_domains(host: str, port: int, service_ports: list, sidecar_namespace
     """
     numbers = [p["number"] for p in service_ports]
     default = port == 80 or (80 not in numbers and numbers and numbers[0] == port)
+    if host.startswith("*."):  # wildcard ServiceEntry host: the data plane matches it as a suffix
+        return (f"{host}:{port}", host) if default else (f"{host}:{port}",)
     names = [host]
     suffix = f".svc.{DOMAIN_SUFFIX}"
     if host.endswith(suffix):
@@ -203,15 +209,245 @@ def _dedupe_domains(vhosts: list, listener: str, warnings: list) -> tuple:
     return tuple(out)
 
 
+# --- Outbound clusters and VirtualService routes ---------------------------------------------------------
+
+
+class _Outbound:
+    """Builds outbound clusters on demand (base, subset) and the routes of VirtualServices."""
+
+    def __init__(self, index: TrafficIndex, entries: list, peer_inbound_port: int, timeouts: dict,
+                 clusters: dict, warnings: list):
+        self.index, self.entries, self.peer_inbound_port = index, entries, peer_inbound_port
+        self.timeouts, self.clusters, self.warnings = timeouts, clusters, warnings
+        self.warned: set = set()
+
+    # --- clusters -------------------------------------------------------------------------------------
+
+    def cluster(self, host: str, port: int, subset: str) -> str:
+        """The name of cluster ``outbound|port|subset|host``, building it on first use."""
+        name = f"outbound|{port}|{subset}|{host}"
+        if name in self.clusters:
+            return name
+        se, p = self.index.services[host][port]
+        dr = self.index.destination_rule_for(host)
+        subset_spec = None
+        if subset:
+            subset_spec = next(s for s in dr.spec.get("subsets", []) if s["name"] == subset)
+        sources = _endpoint_sources(se, selected_workloads(se, self.entries))
+        if subset_spec is not None:
+            want = subset_spec["labels"].items()
+            sources = [s for s in sources if want <= s[0].get("labels", {}).items()]
+        resolution = se.spec["resolution"]
+        endpoints = _endpoints(sources, p, self.peer_inbound_port) if resolution != "NONE" else ()
+        dns_hosts: tuple = ()
+        if resolution in ("DNS", "DNS_ROUND_ROBIN"):
+            if "endpoints" in se.spec or "workloadSelector" in se.spec:
+                dns_hosts = tuple((e.address, e.port, e.weight) for e in endpoints)
+            elif subset_spec is None or not subset_spec["labels"]:
+                dns_hosts = ((host, p.get("targetPort", p["number"]), 1),)
+            endpoints = ()
+        if subset_spec is not None and resolution != "NONE" and not endpoints and not dns_hosts:
+            key = (dr.key, subset)
+            if key not in self.warned:
+                self.warned.add(key)
+                i = dr.spec["subsets"].index(subset_spec)
+                self.warnings.append(dr.issue(f"spec.subsets[{i}].labels",
+                                              f'subset "{subset}" of {host} selects no endpoint (requests get 503)'))
+        policy = _traffic_policy(dr.spec if dr else {}, port, subset_spec)
+        self.clusters[name] = Cluster(
+            name=name, direction="outbound", service=host, namespace=se.namespace, port=port,
+            port_name=p["name"], protocol=p["protocol"], endpoints=endpoints, subset=subset,
+            resolution=resolution, dns_hosts=dns_hosts, destination_rule=dr.key if dr else "",
+            **{**self.timeouts, **policy})
+        return name
+
+    def destination_cluster(self, vs, dest: dict) -> str:
+        host = self.index.service_host(resolve_host(dest["host"], vs.namespace))
+        if "port" in dest:
+            port = dest["port"]["number"]
+        else:
+            port = self.index.http_ports(host)[0][0]
+        return self.cluster(host, port, dest.get("subset", ""))
+
+    # --- routes ---------------------------------------------------------------------------------------
+
+    def routes(self, vs, port: int, wl: Optional[Workload]) -> tuple:
+        out = []
+        for i, http in enumerate(vs.spec["http"]):
+            route = self._route(vs, i, http, port, wl)
+            if route is not None:
+                out.append(route)
+        return tuple(out)
+
+    def _route(self, vs, index: int, http: dict, port: int, wl: Optional[Workload]) -> Optional[Route]:
+        matches = []
+        for m in http.get("match", []):
+            if "port" in m and m["port"] != port:
+                continue
+            if "gateways" in m and "mesh" not in m["gateways"]:
+                continue
+            labels = wl.labels if wl else {}
+            if not m.get("sourceLabels", {}).items() <= labels.items():
+                continue
+            if "sourceNamespace" in m and m["sourceNamespace"] != (wl.namespace if wl else None):
+                continue
+            matches.append(_route_match(m))
+        if http.get("match") and not matches:
+            return None
+        headers = http.get("headers", {})
+        destinations = tuple(
+            Destination(self.destination_cluster(vs, rd["destination"]), rd.get("weight", 100),
+                        _header_ops(rd.get("headers", {}).get("request")),
+                        _header_ops(rd.get("headers", {}).get("response")))
+            for rd in http.get("route", []))
+        mirrors = []
+        if "mirror" in http:
+            pct = http["mirrorPercentage"]["value"] if "mirrorPercentage" in http else \
+                float(http.get("mirrorPercent", 100))
+            mirrors.append(Mirror(self.destination_cluster(vs, http["mirror"]), pct))
+        for m in http.get("mirrors", []):
+            mirrors.append(Mirror(self.destination_cluster(vs, m["destination"]),
+                                  m.get("percentage", {}).get("value", 100.0)))
+        return Route(
+            name=http.get("name", ""), matches=tuple(matches), destinations=destinations,
+            redirect=_redirect(http.get("redirect")), direct_response=_direct_response(http.get("directResponse")),
+            rewrite=_rewrite(http.get("rewrite")), request_headers=_header_ops(headers.get("request")),
+            response_headers=_header_ops(headers.get("response")), fault=_fault(http.get("fault")),
+            mirrors=tuple(mirrors), virtual_service=vs.key, index=index)
+
+
+def _string_match(m: Optional[dict]) -> Optional[StringMatch]:
+    if not m:
+        return None
+    kind = next(k for k in ("exact", "prefix", "regex") if k in m)
+    return StringMatch(kind, m[kind])
+
+
+def _route_match(m: dict) -> RouteMatch:
+    headers = [HeaderMatch(k, _string_match(v)) for k, v in m.get("headers", {}).items()]
+    headers += [HeaderMatch(k, _string_match(v), invert=True) for k, v in m.get("withoutHeaders", {}).items()]
+    return RouteMatch(
+        name=m.get("name", ""), uri=_string_match(m.get("uri")), ignore_uri_case=m.get("ignoreUriCase", False),
+        scheme=_string_match(m.get("scheme")), method=_string_match(m.get("method")),
+        authority=_string_match(m.get("authority")), headers=tuple(headers),
+        query_params=tuple(QueryMatch(k, _string_match(v)) for k, v in m.get("queryParams", {}).items()),
+        port=m.get("port", 0))
+
+
+def _header_ops(ops: Optional[dict]) -> HeaderOps:
+    if not ops:
+        return HeaderOps()
+    return HeaderOps(set=tuple(ops.get("set", {}).items()), add=tuple(ops.get("add", {}).items()),
+                     remove=tuple(ops.get("remove", ())))
+
+
+def _redirect(r: Optional[dict]) -> Optional[Redirect]:
+    if r is None:
+        return None
+    return Redirect(uri=r.get("uri", ""), authority=r.get("authority", ""), port=r.get("port", 0),
+                    scheme=r.get("scheme", ""), code=r["redirectCode"])
+
+
+def _direct_response(d: Optional[dict]) -> Optional[DirectResponse]:
+    if d is None:
+        return None
+    body = d.get("body", {})
+    text = body.get("string", "")
+    if "bytes" in body:
+        text = base64.b64decode(body["bytes"]).decode("utf-8")
+    return DirectResponse(d["status"], text)
+
+
+def _rewrite(r: Optional[dict]) -> Optional[Rewrite]:
+    if r is None:
+        return None
+    rx = r.get("uriRegexRewrite", {})
+    return Rewrite(uri=r.get("uri", ""), authority=r.get("authority", ""), uri_regex=rx.get("match", ""),
+                   uri_regex_rewrite=rx.get("rewrite", ""))
+
+
+def _fault(f: Optional[dict]) -> Optional[Fault]:
+    if f is None:
+        return None
+    delay, abort = f.get("delay", {}), f.get("abort", {})
+    delay_pct = delay["percentage"]["value"] if "percentage" in delay else float(delay.get("percent", 0))
+    return Fault(delay=delay.get("fixedDelay", 0.0), delay_percent=delay_pct if delay else 0.0,
+                 abort_status=abort.get("httpStatus", 0),
+                 abort_percent=abort.get("percentage", {}).get("value", 0.0))
+
+
+# --- DestinationRule traffic policy ---------------------------------------------------------------------
+
+_POLICY_PARTS = ("loadBalancer", "connectionPool")
+RING_SIZE = 1024  # Envoy's default minimum_ring_size
+MAGLEV_TABLE_SIZE = 65537  # Envoy's default maglev table_size
+
+
+def _port_level(policy: dict, port: int) -> Optional[dict]:
+    return next((p for p in policy.get("portLevelSettings", []) if p["port"]["number"] == port), None)
+
+
+def _traffic_policy(dr_spec: dict, port: int, subset: Optional[dict]) -> dict:
+    """Cluster fields from a DestinationRule, merged the way Istio does.
+
+    Top-level policy, then its portLevelSettings for ``port`` (each part set there replaces the
+    top-level one), then the subset's policy (each part set replaces), then the subset's
+    portLevelSettings for ``port`` (replacing every part: port-level policies do not inherit).
+    """
+    top = dr_spec.get("trafficPolicy", {})
+    parts = {k: top.get(k) for k in _POLICY_PARTS}
+    pls = _port_level(top, port)
+    if pls:
+        parts.update({k: pls[k] for k in _POLICY_PARTS if k in pls})
+    sub = (subset or {}).get("trafficPolicy")
+    if sub:
+        parts.update({k: sub[k] for k in _POLICY_PARTS if k in sub})
+        spls = _port_level(sub, port)
+        if spls:
+            parts = {k: spls.get(k) for k in _POLICY_PARTS}
+    out: dict = {}
+    lb = parts["loadBalancer"] or {}
+    simple = lb.get("simple", "UNSPECIFIED")
+    out["lb_policy"] = {"UNSPECIFIED": "LEAST_REQUEST", "LEAST_CONN": "LEAST_REQUEST"}.get(simple, simple)
+    ch = lb.get("consistentHash")
+    if ch:
+        maglev = "maglev" in ch
+        cookie = ch.get("httpCookie", {})
+        out["lb_policy"] = "MAGLEV" if maglev else "RING_HASH"
+        out["hash_policy"] = HashPolicy(
+            header=ch.get("httpHeaderName", ""), cookie=cookie.get("name", ""), cookie_ttl=cookie.get("ttl", 0.0),
+            cookie_path=cookie.get("path", ""), source_ip=bool(ch.get("useSourceIp", False)),
+            query_param=ch.get("httpQueryParameterName", ""),
+            ring_size=0 if maglev else ch.get("ringHash", {}).get("minimumRingSize",
+                                                                  ch.get("minimumRingSize", RING_SIZE)),
+            maglev_table_size=ch["maglev"].get("tableSize", MAGLEV_TABLE_SIZE) if maglev else 0)
+    loc = lb.get("localityLbSetting")
+    if loc:
+        out["locality_lb"] = LocalityLb(
+            enabled=loc["enabled"],
+            distribute=tuple((d["from"], tuple(d["to"].items())) for d in loc.get("distribute", [])),
+            failover=tuple((f["from"], f["to"]) for f in loc.get("failover", [])),
+            failover_priority=tuple(loc.get("failoverPriority", ())))
+    pool = parts["connectionPool"] or {}
+    if "connectTimeout" in pool.get("tcp", {}):
+        out["connect_timeout"] = pool["tcp"]["connectTimeout"]
+    if "idleTimeout" in pool.get("http", {}):
+        out["idle_timeout"] = pool["http"]["idleTimeout"]
+    return out
+
+
 # --- Endpoints ----------------------------------------------------------------------------------------
 
 
-def _endpoints(se: Resource, port: dict, selected: list, peer_inbound_port: int) -> tuple:
-    out = []
+def _endpoint_sources(se: Resource, selected: list) -> list:
+    """(endpoint spec, "namespace/name" of its WorkloadEntry or "", annotations) for a ServiceEntry."""
     if "endpoints" in se.spec:
-        sources = [(ep, "", {}) for ep in se.spec["endpoints"]]
-    else:
-        sources = [(w.spec, f"{w.namespace}/{w.name}", w.annotations) for w in selected]
+        return [(ep, "", {}) for ep in se.spec["endpoints"]]
+    return [(w.spec, f"{w.namespace}/{w.name}", w.annotations) for w in selected]
+
+
+def _endpoints(sources: list, port: dict, peer_inbound_port: int) -> tuple:
+    out = []
     for ep, workload, annotations in sources:
         weight = ep.get("weight", 1)
         if weight == 0:

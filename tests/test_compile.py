@@ -48,7 +48,7 @@ def test_client_sidecar_outbound():
     cluster = snap.cluster(route.cluster)
     assert (cluster.direction, cluster.service, cluster.namespace, cluster.port, cluster.port_name,
             cluster.protocol, cluster.lb_policy) == (
-        "outbound", "echo.default.svc.cluster.local", "default", 80, "http", "HTTP", "ROUND_ROBIN")
+        "outbound", "echo.default.svc.cluster.local", "default", 80, "http", "HTTP", "LEAST_REQUEST")
     assert (cluster.connect_timeout, cluster.idle_timeout) == (2.0, 60.0)
     # the server has a sidecar (tlsMode: istio): dial its inbound port, remember the app port
     assert cluster.endpoints == (Endpoint("127.0.0.3", 15006, 8080, labels={
@@ -354,7 +354,7 @@ def test_explicit_bootstrap_addresses_are_kept_for_extra_loopback(tmp_path):
 
 def test_build_snapshot_reports_every_problem(tmp_path):
     path = write(tmp_path, doc("ServiceEntry", "x", """\
-        hosts: [x.example.com]
+        hosts: ["*.example.com"]
         resolution: DNS
         ports: [{number: 80, name: http}]
         """) + doc("VirtualService", "vs", "hosts: [x]") + doc("WorkloadEntry", "w", "address: nope"))
@@ -362,9 +362,10 @@ def test_build_snapshot_reports_every_problem(tmp_path):
         build_snapshot(path, workload="w", overrides={"concurrency": 0})
     msgs = [f"{i.path}: {i.message}" for i in ei.value.issues]
     assert msgs == [
-        "spec.resolution: resolution DNS is not supported yet",
-        ": kind VirtualService is not supported yet",
-        'spec.address: "nope" is not an IP address (DNS names need resolution DNS, which is not supported yet)',
+        "spec.hosts[0]: wildcard host *.example.com needs endpoints with resolution DNS (there is no name to "
+        "resolve)",
+        "spec.http: required field is missing",
+        'spec.address: "nope" is not an IP address (a WorkloadEntry address must be an IP address in this release)',
         'workload: WorkloadEntry "w" not found (known: none defined)',
         "concurrency: 0 is out of range (1-1024)",
     ]

@@ -93,13 +93,50 @@ INVALID = [
         'mesh.yaml: ServiceEntry default/echo: spec.endpoints[0].ports.htp: "htp" is not a port name of this '
         'ServiceEntry (did you mean "http"?) (port names: http)',
     ]),
-    ("wildcard-and-dns", se("""\
+    ("wildcard-dns-without-endpoints", se("""\
         hosts: ["*.example.com"]
         resolution: DNS
         ports: [{number: 80, name: http}]
         """), [
-        "mesh.yaml: ServiceEntry default/echo: spec.hosts[0]: wildcard hosts are not supported yet",
-        "mesh.yaml: ServiceEntry default/echo: spec.resolution: resolution DNS is not supported yet",
+        "mesh.yaml: ServiceEntry default/echo: spec.hosts[0]: wildcard host *.example.com needs endpoints with "
+        "resolution DNS (there is no name to resolve)",
+    ]),
+    ("wildcard-static-and-partial", se("""\
+        hosts: ["*.example.com", "a*.example.com"]
+        resolution: STATIC
+        ports: [{number: 80, name: http}]
+        endpoints: [{address: 10.0.0.1}]
+        """), [
+        'mesh.yaml: ServiceEntry default/echo: spec.hosts[1]: "a*.example.com" is not a valid host name (a '
+        'wildcard is only allowed as a leading "*.")',
+    ]),
+    ("wildcard-static", se("""\
+        hosts: ["*.example.com"]
+        resolution: STATIC
+        ports: [{number: 80, name: http}]
+        endpoints: [{address: 10.0.0.1}]
+        """), [
+        "mesh.yaml: ServiceEntry default/echo: spec.hosts[0]: wildcard hosts need resolution NONE or DNS",
+    ]),
+    ("dns-endpoints", se("""\
+        hosts: [echo.example.com]
+        resolution: DNS_ROUND_ROBIN
+        ports: [{number: 80, name: http}]
+        endpoints: [{address: "bad_name"}, {address: a.example.com}]
+        """), [
+        'mesh.yaml: ServiceEntry default/echo: spec.endpoints[0].address: "bad_name" is not an IP address or a '
+        "DNS name",
+        "mesh.yaml: ServiceEntry default/echo: spec.endpoints: resolution DNS_ROUND_ROBIN allows at most one "
+        "endpoint",
+    ]),
+    ("none-with-endpoints", se("""\
+        hosts: [echo.example.com]
+        resolution: NONE
+        ports: [{number: 80, name: http}]
+        endpoints: [{address: 10.0.0.1}]
+        """), [
+        "mesh.yaml: ServiceEntry default/echo: spec.endpoints: endpoints with resolution NONE is not supported "
+        "yet (requests go to the address the application asked for)",
     ]),
     ("resolution-missing", se("""\
         hosts: [echo.example.com]
@@ -146,14 +183,14 @@ INVALID = [
         endpoints: [{address: echo.internal}]
         """), [
         'mesh.yaml: ServiceEntry default/echo: spec.endpoints[0].address: "echo.internal" is not an IP address '
-        "(DNS names need resolution DNS, which is not supported yet)",
+        "(DNS names need resolution DNS)",
     ]),
     ("unsupported-kind", """\
         apiVersion: networking.istio.io/v1
-        kind: VirtualService
-        metadata: {name: reviews}
-        spec: {hosts: [reviews]}
-        """, ["mesh.yaml: VirtualService default/reviews: kind VirtualService is not supported yet"]),
+        kind: Gateway
+        metadata: {name: ingress}
+        spec: {servers: []}
+        """, ["mesh.yaml: Gateway default/ingress: kind Gateway is not supported yet"]),
     ("unsupported-security-kind", """\
         apiVersion: security.istio.io/v1
         kind: AuthorizationPolicy

@@ -3,7 +3,8 @@
 ``validate_document`` checks the envelope (``apiVersion``, ``kind``, ``metadata``) and the spec with
 the kind's ``Struct`` from ``schema.KINDS``. ``validate_resources`` checks what no single document
 can: duplicate resources, a second Bootstrap, the same host:port in two ServiceEntries,
-workloadSelectors that select nothing. Neither raises; both return issues and warnings.
+workloadSelectors that select nothing, and VirtualServices and DestinationRules against the services
+(``control.config.traffic``). Neither raises; both return issues and warnings.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Optional
 from control.config import schema
 from control.config.load import Resource
 from control.config.schema import INVALID, Reporter, did_you_mean, type_name
+from control.config.traffic import TrafficIndex
 from control.errors import ConfigIssue
 
 TOP_LEVEL = ("apiVersion", "kind", "metadata", "spec")
@@ -126,6 +128,11 @@ def validate_resources(resources: list):
                 if other is not r:
                     issues.append(r.issue(f"spec.hosts[{i}]", f"{host}:{port['number']} is already defined by "
                                                               f"ServiceEntry {other.key} ({other.file})"))
+
+    unique = [r for r in resources if seen.get((r.kind, r.namespace, r.name)) is r]
+    more_issues, more_warnings = TrafficIndex(unique).check()
+    issues.extend(more_issues)
+    warnings.extend(more_warnings)
 
     workloads = [r for r in resources if r.kind == "WorkloadEntry"]
     for r in resources:
