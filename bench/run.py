@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""meshproxy load benchmark: wrk against direct / meshproxy / meshproxy-py / nginx / haproxy.
+"""meshproxy load benchmark: throughput, Istio's latency method, cost, scaling, bulk, connections.
 
 One run starts a one-worker nginx origin (fixed 1 KiB body), starts every contender in front of
-it, warms each up, then runs wrk (1 thread) against them interleaved, round after round, and
-reports medians. See docs/benchmarks.md.
+it (direct, meshproxy, meshproxy-py, nginx, haproxy, aiohttp), warms each up, then runs wrk
+(1 thread) against them interleaved, round after round, and reports medians with min-max; then the
+other scenarios (see docs/benchmarks.md), the targets (PASS/FAIL) and the CI gates.
 
-    python bench/run.py                      # 10 s x 3 rounds x 50 connections, all contenders
-    python bench/run.py --quick --check      # what CI runs: 3 s x 2 rounds, non-zero on FAIL
-    python bench/run.py --connections 1,50,200 --contenders direct,nginx,haproxy
+    python bench/run.py --full --update-docs # make bench: everything (about 10 minutes)
+    python bench/run.py --ci --check         # make bench-ci: about 2 minutes, exit 1 on a gate FAIL
+    python bench/run.py --connections 1,50,200 --contenders direct,nginx,haproxy --scenarios none
 
 All traffic stays on 127.0.0.1. Everything started is stopped on exit, Ctrl-C or error.
 """
@@ -31,8 +32,10 @@ sys.path.insert(0, HERE)
 
 from contenders import CONTENDERS, DEFAULT_ORDER, EXTRA, REPO, StartError  # noqa: E402
 from measure import run_wrk  # noqa: E402
-from origin import BODY_SIZE, Origin, ensure_tools  # noqa: E402
+from origin import BODY_SIZE, Origin, ensure_python, ensure_tools  # noqa: E402
+from procs import raise_nofile  # noqa: E402
 from report import aggregate, check_targets, markdown_table  # noqa: E402
+from scenarios import SCENARIOS, Ctx, cost_section  # noqa: E402
 
 DOCS = os.path.join(REPO, "docs", "benchmarks.md")
 DOC_BEGIN = "<!-- bench:latest:begin -->"
@@ -54,25 +57,47 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--contenders", default=",".join(DEFAULT_ORDER),
                    help=f"comma list from {','.join(DEFAULT_ORDER + EXTRA)} (default: all but "
                         f"{','.join(EXTRA)})")
-    p.add_argument("--quick", action="store_true",
-                   help="CI mode: 3 s runs, 2 rounds, 1 s warm-up (explicit options still win)")
-    p.add_argument("--check", action="store_true", help="exit non-zero when a target FAILs")
-    p.add_argument("--min-nginx-ratio", type=float, default=0.8,
-                   help="target: meshproxy requests/s >= this x nginx (default 0.8)")
-    p.add_argument("--min-py-speedup", type=float, default=2.0,
-                   help="target: meshproxy requests/s >= this x meshproxy-py (default 2)")
-    p.add_argument("--max-rss-mb", type=float, default=30.0,
-                   help="target: meshproxy RSS (process tree) below this (default 30)")
+    p.add_argument("--scenarios", default=None,
+                   help=f"comma list from {','.join(SCENARIOS)} (or none) run after throughput "
+                        "(default: all; --ci: latency,conns)")
+    p.add_argument("--full", action="store_true",
+                   help="make bench: connections 1,50,200, 5 s x 3 rounds, every scenario")
+    p.add_argument("--ci", "--quick", dest="ci", action="store_true",
+                   help="make bench-ci: 50 connections, 3 s x 3 rounds, 1 s warm-up, short latency "
+                        "and connections scenarios (explicit options still win)")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 when a CI gate FAILs (ratios within this run; absolute numbers, "
+                        "RSS and the targets never fail it)")
+    p.add_argument("--rate", type=float, default=1000.0, help="latency scenario rate (default 1000)")
+    p.add_argument("--lat-connections", type=int, default=16)
+    p.add_argument("--lat-duration", type=float, help="seconds per latency run (default 10; CI 3)")
+    p.add_argument("--lat-rounds", type=int, help="latency rounds (default 3; CI 2)")
+    p.add_argument("--bulk-mib", type=int, default=1024, help="bulk transfer size (default 1024)")
+    p.add_argument("--bulk-rounds", type=int, default=3)
+    p.add_argument("--idle-connections", type=int, default=10000)
+    p.add_argument("--no-plots", action="store_true", help="do not write the PNG charts")
     p.add_argument("--results-dir", default=os.path.join(HERE, "results"))
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/*")
     p.add_argument("--update-docs", action="store_true",
                    help="replace the latest-results section of docs/benchmarks.md")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     a = p.parse_args(argv)
-    defaults = (3.0, 2, 1.0) if a.quick else (10.0, 3, 2.0)
-    for attr, value in zip(("duration", "rounds", "warmup"), defaults):
+    if a.ci:
+        defaults = (3.0, 3, 1.0, 3.0, 2, "latency,conns")
+    elif a.full:
+        defaults = (5.0, 3, 1.5, 10.0, 3, ",".join(SCENARIOS))
+        if a.connections == "50":
+            a.connections = "1,50,200"
+    else:
+        defaults = (10.0, 3, 2.0, 10.0, 3, ",".join(SCENARIOS))
+    for attr, value in zip(("duration", "rounds", "warmup", "lat_duration", "lat_rounds",
+                            "scenarios"), defaults):
         if getattr(a, attr) is None:
             setattr(a, attr, value)
+    a.scenarios = [x.strip() for x in a.scenarios.split(",") if x.strip() and x.strip() != "none"]
+    bad = [x for x in a.scenarios if x not in SCENARIOS]
+    if bad:
+        p.error(f"unknown scenario(s) {bad}; choose from {list(SCENARIOS)}")
     try:
         a.connections = [int(c) for c in a.connections.split(",") if c.strip()]
     except ValueError:
@@ -188,6 +213,12 @@ def main(argv=None) -> int:
     for name in args.contenders:
         needed += [t for t in CONTENDERS[name].needs if t not in needed]
     tools = ensure_tools(needed, log=log)
+    pip_missing = ensure_python(sorted({m for n in args.contenders for m in CONTENDERS[n].pip}
+                                       | (set() if args.no_plots else {"matplotlib"})), log=log)
+    if pip_missing:
+        log(f"# still missing after pip: {pip_missing} (their contenders fail / no plots)")
+    nofile = raise_nofile(max(65536, args.idle_connections + 2000))
+    log(f"# RLIMIT_NOFILE {nofile} (inherited by every server started)")
 
     started = dt.datetime.now(dt.timezone.utc)
     env = environment(tools)
@@ -196,6 +227,8 @@ def main(argv=None) -> int:
     origin = Origin(tools["nginx"], tmp)
     contenders = [CONTENDERS[n](tmp, tools) for n in args.contenders]
     live, failures, samples = [], {}, []
+    scen: dict[str, dict] = {}
+    ctx = None
     interrupted = False
     try:
         origin.start()
@@ -215,6 +248,21 @@ def main(argv=None) -> int:
         log(f"# {len(live)} contender(s), connections {args.connections}, {args.rounds} round(s) "
             f"of {args.duration:g} s, warm-up {args.warmup:g} s: about {est / 60:.1f} min")
         measure_all(args, origin, live, tools, samples)
+        ctx = Ctx(args, tools, tmp, origin, {c.name: c for c in live}, samples)
+        for name in args.scenarios:
+            log(f"# scenario {name}")
+            t0 = time.monotonic()
+            try:
+                scen[name] = SCENARIOS[name](ctx)
+            except (StartError, OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
+                log(f"# scenario {name} FAILED: {e}")
+                scen[name] = {"name": name, "result": {"failure": str(e)},
+                              "md": f"### {name}\n\n**failed: {' '.join(str(e).split())[:500]}**"}
+            finally:
+                for thing in ctx.started:
+                    thing.stop()
+                ctx.started.clear()
+            log(f"# scenario {name} took {time.monotonic() - t0:.0f} s")
     except KeyboardInterrupt as e:
         interrupted = True
         log(f"# interrupted ({e}); stopping everything")
@@ -222,6 +270,9 @@ def main(argv=None) -> int:
         log(f"# {e}")
         failures["origin"] = str(e)
     finally:
+        if ctx is not None:
+            for thing in ctx.started:
+                thing.stop()
         for c in contenders:
             c.stop()
         origin.stop()
@@ -235,8 +286,10 @@ def main(argv=None) -> int:
     env["loadavg_after"] = os.getloadavg()
     rows = aggregate(args.contenders, args.connections, samples, failures)
     table = markdown_table(rows)
-    checks = check_targets(rows, args.contenders, args.connections, args.min_nginx_ratio,
-                           args.min_py_speedup, args.max_rss_mb, samples)
+    checks = check_targets(rows, args.contenders, args.connections, samples)
+    if "meshproxy" in failures and args.check:
+        log(f"# meshproxy could not start: {failures['meshproxy']}")
+    cost = cost_section(ctx, scen.get("latency")) if ctx is not None else None
     stamp = started.strftime("%Y-%m-%dT%H%M%SZ")
     header = (f"Run {started.strftime('%Y-%m-%d %H:%M UTC')}, commit {env['commit']}"
               f"{' (dirty tree)' if env['dirty'] else ''}, {env['cpus']} CPUs, "
@@ -248,16 +301,37 @@ def main(argv=None) -> int:
     if compiled.get("meshproxy") not in (None, "True"):
         notes.append(f"Note: meshproxy.core.COMPILED was {compiled['meshproxy']} for the "
                      "`meshproxy` contender: it ran the pure-Python twins too.")
-    md = "\n\n".join([header, table] + notes)
+    sections = [scen[n]["md"] for n in args.scenarios if n in scen]
+    if cost is not None and "latency" in scen:
+        sections.insert(1, cost["md"])
+    elif cost is not None:
+        sections.append(cost["md"])
+    md = "\n\n".join([header, "### Throughput (wrk, 1 thread, 1 KiB responses)", table] + notes
+                      + sections)
+    checks_md = "```\n" + "\n".join(map(str, checks)) + "\n```"
+    md = md.replace("### Throughput", "### Targets and CI gates\n\n" + checks_md
+                    + "\n\n### Throughput", 1)
     print(md)
     print()
     for ch in checks:
         print(ch)
-    md += "\n\n```\n" + "\n".join(map(str, checks)) + "\n```"
+
+    base = os.path.join(args.results_dir, f"{stamp}-{env['commit']}")
+    if not args.no_plots and not interrupted and not args.no_save:
+        os.makedirs(args.results_dir, exist_ok=True)
+        try:
+            from plots import write_plots
+            pngs = write_plots(base, rows, samples, scen.get("latency"))
+            if pngs:
+                rel = [os.path.relpath(p, os.path.dirname(DOCS)) for p in pngs]
+                md += "\n\n### Charts\n\n" + "\n".join(f"![{os.path.basename(p)}]({r})"
+                                                           for p, r in zip(pngs, rel))
+                log(f"# wrote {', '.join(pngs)}")
+        except Exception as e:  # a chart must never cost the results
+            log(f"# plots failed: {e!r}")
 
     if not args.no_save and not interrupted:  # a partial run is printed, not filed
         os.makedirs(args.results_dir, exist_ok=True)
-        base = os.path.join(args.results_dir, f"{stamp}-{env['commit']}")
         with open(base + ".md", "w") as f:
             f.write(f"# meshproxy load benchmark {stamp}\n\n{md}\n")
         with open(base + ".json", "w") as f:
@@ -269,6 +343,8 @@ def main(argv=None) -> int:
                                         **c.info} for c in contenders},
                 "rows": [{**r.__dict__, "rps_median": r.rps_median} for r in rows],
                 "checks": [ch.__dict__ for ch in checks],
+                "scenarios": {n: v["result"] for n, v in scen.items()},
+                "cost": cost["result"] if cost else None,
                 "samples": samples,
             }, f, indent=1, default=str)
         log(f"# wrote {base}.md and {base}.json")
@@ -276,7 +352,8 @@ def main(argv=None) -> int:
         update_docs(md)
     if interrupted:
         return 130
-    if args.check and any(ch.status == "FAIL" for ch in checks):
+    if args.check and any(ch.status == "FAIL" and ch.gate for ch in checks):
+        log("# a CI gate FAILed")
         return 1
     return 0
 
