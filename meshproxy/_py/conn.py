@@ -554,6 +554,11 @@ class DownstreamProtocol:
         self._close()
 
     def upstream_bad_response(self, up, err):
+        # Detach ``up`` first: its _process loop runs while ``up.downstream`` is this connection,
+        # and the bytes that failed to parse are still in its buffer; left attached it would
+        # parse them again forever (a bad chunk after a response head spun the worker at 100%).
+        up.downstream = None
+        up.buf = None
         if self.upstream is not up:
             return
         self.upstream = None
