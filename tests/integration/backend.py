@@ -10,6 +10,13 @@ Data port (HTTP/1.1, parsed by hand so framing is seen exactly as the sidecar se
     /close-before       read the request, close without answering
     /close-mid          send a head (Content-Length 100) and 10 bytes, then close
     /invalid            answer with bytes that are not HTTP
+    /early              answer 413 + close before reading the request body
+    /status/<code>      a bodiless response with that status (204, 304)
+    /close-after        a keep-alive response, then close the idle connection 50 ms later
+    /http10             an HTTP/1.0 response delimited by close
+    /bad-framing        a response with Content-Length and Transfer-Encoding
+    /bad-chunks         a chunked response with a bad chunk size after the first chunk
+    HEAD anything       Content-Length: 12345 and no body
     /delay/<seconds>    sleep, then echo
     anything else       echo as JSON: method, target, version, headers (names as received),
                         body (when <= 64 KiB), body_len, raw_body (body bytes as framed on the
@@ -202,6 +209,12 @@ async def handle(reader, writer):
                               + "\r\n\r\n").encode())
                 await ws_echo(reader, writer)
                 return
+            if target == "/early":
+                # answer without reading the body (as a server rejecting an upload would)
+                writer.write(response(413, b"too big", "text/plain", close=True))
+                await writer.drain()
+                writer.close()
+                return
             body, body_len, raw = await read_body(reader, headers)
             STATS["requests"] += 1
             conn_tokens = tokens(headers, "connection")
@@ -228,6 +241,37 @@ async def handle(reader, writer):
                 await writer.drain()
                 await asyncio.sleep(0.01)
                 writer.write(CHUNKED_BODY[16:])
+            elif target.startswith("/status/"):
+                code = int(target.split("/")[2])
+                writer.write(f"HTTP/1.1 {code} X\r\nX-Backend: yes\r\n\r\n".encode())
+            elif target == "/close-after":
+                # a complete keep-alive response, then the server closes the idle connection
+                writer.write(response(200, b"bye", "text/plain"))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.close()
+                return
+            elif target == "/http10":
+                writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+                writer.write(b"old-style body delimited by close")
+                await writer.drain()
+                writer.close()
+                return
+            elif target == "/bad-framing":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+                await writer.drain()
+                writer.close()
+                return
+            elif target == "/bad-chunks":
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"3\r\nabc\r\nZZ\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.5)
+                writer.close()
+                return
+            elif method == "HEAD":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\nX-Backend: yes\r\n\r\n")
             elif target == "/close-before":
                 writer.close()
                 return
