@@ -12,11 +12,11 @@ from meshproxy._env import NO_EXTENSIONS
 COMPILED = False
 if not NO_EXTENSIONS:
     try:
-        from meshproxy._core import balancer, conn, counters, http1  # noqa: F401
+        from meshproxy._core import balancer, conn, counters, http1, router  # noqa: F401
         COMPILED = conn.__file__.endswith((".so", ".pyd")) and http1.__file__.endswith((".so", ".pyd"))
     except ImportError:
         COMPILED = False
 if not COMPILED:
-    from meshproxy._py import balancer, conn, counters, http1  # noqa: F401,F811
+    from meshproxy._py import balancer, conn, counters, http1, router  # noqa: F401,F811
 
-__all__ = ["COMPILED", "balancer", "conn", "counters", "http1"]
+__all__ = ["COMPILED", "balancer", "conn", "counters", "http1", "router"]

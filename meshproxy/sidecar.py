@@ -16,7 +16,7 @@ from typing import Optional
 
 from control.snapshot import Snapshot
 from meshproxy import __version__
-from meshproxy.core import COMPILED, conn, counters
+from meshproxy.core import COMPILED, conn, counters, router
 
 log = logging.getLogger("meshproxy")
 
@@ -70,29 +70,44 @@ class Sidecar:
                 ep.max_idle = c.max_idle_per_endpoint
                 live.add(key)
                 eps.append(ep)
-            clusters[c.name] = conn.Cluster(c.name, eps, [max(1, e.weight) for e in c.endpoints],
-                                            stats, c)
+            weights, priorities = locality_weights(c, snap.workload)
+            clusters[c.name] = conn.Cluster(c.name, eps, weights, stats, c, c.lb_policy,
+                                            c.hash_policy, priorities)
         contexts = {}
         for lst in snap.listeners:
             stats = self.listener_stats.get(lst.name)
             if stats is None:
                 stats = self.listener_stats[lst.name] = counters.ClusterStats(lst.name)
             routes = {}
+            tables = {}
+            wildcards = []
             route_names = {}
             for vh in lst.virtual_hosts:
-                target = clusters.get(vh.routes[0].cluster) if vh.routes else None
-                if target is None:
+                if not vh.routes:
                     continue
+                if len(vh.routes) == 1 and vh.routes[0].is_simple:
+                    # The fast path: the domain maps straight to its cluster.
+                    target = clusters.get(vh.routes[0].cluster)
+                    if target is None:
+                        continue
+                    into = routes
+                else:
+                    target = router.RouteTable(vh.name, vh.routes, clusters)
+                    into = tables
                 for d in vh.domains:
-                    routes[d.encode("ascii")] = target
+                    if d.startswith("*"):
+                        wildcards.append((d[1:].encode("ascii"), target))
+                        continue
+                    into[d.encode("ascii")] = target
                     route_names[d.encode("ascii")] = vh.routes[0].name
+            wildcards.sort(key=lambda w: -len(w[0]))
             default = clusters.get(lst.default_cluster) if lst.default_cluster else None
             contexts[lst.name] = conn.ProxyContext(
                 lst.name, routes, default, stats, access_log,
                 max_head_size=b.limits.max_request_headers_kb * 1024,
                 max_request_line=b.limits.max_request_line,
                 max_headers=b.limits.max_headers, version=snap.version,
-                route_names=route_names)
+                route_names=route_names, tables=tables or None, wildcards=wildcards or None)
         # Bind new listeners (or moved ones) before switching anything, so a failure changes
         # nothing.
         new_servers = {}
@@ -156,6 +171,7 @@ class Sidecar:
         for ep in self.endpoints.values():
             if ep.idle:
                 ep.sweep(now)
+        conn.revive(self.endpoints.values(), now)
         if self.access_log is not None:
             self.access_log.flush()
         self._tick_handle = self.loop.call_later(1.0, self._tick)
@@ -229,6 +245,85 @@ class Sidecar:
             "snapshot_version": self.snapshot.version if self.snapshot else None,
             "compiled_core": COMPILED, "pid": os.getpid(),
         }
+
+
+def locality_weights(c, workload):
+    """Endpoint weights and priorities for a cluster, per Istio's locality load balancing.
+
+    Priorities (0 first) follow the sidecar's own locality: same region/zone/subzone 0, same
+    region/zone 1, same region 2, elsewhere 3 (``failover`` moves a named region to 3-1 = 2;
+    ``failoverPriority`` orders by how many of the listed labels match). ``distribute`` rewrites
+    weights so each target locality gets its share. Without a workload locality, or with locality
+    load balancing disabled, every endpoint has priority 0 and keeps its own weight.
+    """
+    weights = [max(1, e.weight) for e in c.endpoints]
+    prios = [0] * len(c.endpoints)
+    lb = c.locality_lb
+    if workload is None or lb is None or not lb.enabled:
+        return weights, prios
+    mine = (workload.labels.get("topology.istio.io/locality") or "").replace(".", "/")
+    mine = getattr(workload, "locality", "") or mine
+    if not mine and not lb.failover_priority:
+        return weights, prios
+    if lb.distribute:
+        for frm, targets in lb.distribute:
+            if not _locality_match(frm, mine):
+                continue
+            shares = []
+            for i, e in enumerate(c.endpoints):
+                share = 0
+                for to, w in targets:
+                    if _locality_match(to, e.locality):
+                        share = w
+                        break
+                shares.append(share)
+            # each target locality's share is split over its endpoints by their weights
+            per = {}
+            for i, e in enumerate(c.endpoints):
+                per.setdefault((shares[i], e.locality), 0)
+                per[(shares[i], e.locality)] += weights[i]
+            weights = [max(1, int(1000 * shares[i] * weights[i] / per[(shares[i], e.locality)]))
+                       if shares[i] else 1 for i, e in enumerate(c.endpoints)]
+            prios = [0 if shares[i] else 1 for i in range(len(c.endpoints))]
+            return weights, prios
+    if lb.failover_priority:
+        labels = dict(workload.labels)
+        for i, e in enumerate(c.endpoints):
+            n = 0
+            for key in lb.failover_priority:
+                if key in labels and e.labels.get(key) == labels.get(key):
+                    n += 1
+                else:
+                    break
+            prios[i] = len(lb.failover_priority) - n
+        return weights, prios
+    region, zone, sub = (mine.split("/") + ["", "", ""])[:3]
+    failover = dict(lb.failover)
+    for i, e in enumerate(c.endpoints):
+        r, z, sz = (e.locality.split("/") + ["", "", ""])[:3]
+        if r == region and z == zone and sz == sub:
+            prios[i] = 0
+        elif r == region and z == zone:
+            prios[i] = 1
+        elif r == region:
+            prios[i] = 2
+        elif failover.get(region) == r:
+            prios[i] = 3
+        else:
+            prios[i] = 4
+    return weights, prios
+
+
+def _locality_match(pattern, locality):
+    """Istio locality patterns: ``region/zone/*`` or ``region/*``."""
+    p = pattern.split("/")
+    l_ = locality.split("/") if locality else []
+    for i, part in enumerate(p):
+        if part == "*":
+            return True
+        if i >= len(l_) or l_[i] != part:
+            return False
+    return len(p) >= len(l_)
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")

@@ -25,6 +25,8 @@ cdef class Endpoint:
     cdef public Py_ssize_t rq_active, rq_total, cx_active, cx_total, max_idle
     cdef public double idle_timeout, connect_timeout
     cdef public str health
+    cdef public bint healthy
+    cdef public double unhealthy_until
 
     cpdef UpstreamProtocol acquire(self)
     cpdef release(self, UpstreamProtocol up)
@@ -36,9 +38,17 @@ cdef class Cluster:
     cdef public list endpoints
     cdef public CClusterStats stats
     cdef public object info
-    cdef public CRoundRobinPicker picker
+    cdef public object picker
+    cdef public list weights, priorities, group
+    cdef public str policy
+    cdef public object hash_policy
+    cdef public bint least
+    cdef public long epoch
+    cdef public Endpoint single
+    cdef public int priority
 
-    cpdef Endpoint pick(self)
+    @cython.locals(single=Endpoint, i=Py_ssize_t)
+    cpdef Endpoint pick(self, object ds)
 
 
 @cython.final
@@ -51,6 +61,8 @@ cdef class ProxyContext:
     cdef public Py_ssize_t max_head_size, max_request_line, max_headers
     cdef public str version
     cdef public dict route_names
+    cdef public dict tables
+    cdef public list wildcards
 
 
 @cython.final
@@ -89,12 +101,19 @@ cdef class DownstreamProtocol:
     cdef public long long bytes_rx, bytes_tx
     cdef public str flags
     cdef public int last_status
+    cdef public object resp_edit
+    cdef public list mirrors
+    cdef public object lr_picker
+    cdef public Py_ssize_t lr_index
+    cdef public bytes set_cookie
+    cdef public object delay_handle
+    cdef public int attempts
 
     @cython.locals(state=int, pos=Py_ssize_t, end=Py_ssize_t, n=Py_ssize_t)
     cpdef _process(self)
     @cython.locals(ctx=ProxyContext, cluster=Cluster, ep=Endpoint, up=UpstreamProtocol,
                    has_body=bint, extra=bytes, head=bytes, p=CRequestParser,
-                   framer=CChunkedFramer)
+                   framer=CChunkedFramer, delay=double)
     cpdef _on_head(self)
     @cython.locals(k=Py_ssize_t, done=bint, framer=CChunkedFramer)
     cpdef _forward_request_body(self, object buf, Py_ssize_t pos, Py_ssize_t end)
@@ -114,7 +133,7 @@ cdef class DownstreamProtocol:
     cpdef _continue(self)
     @cython.locals(cluster=Cluster, ctx=ProxyContext, ep=Endpoint, dur=double, us="long long")
     cpdef _end_request(self, int status)
-    cpdef _local(self, int status, bytes body, str flags, bint has_unread_body)
+    cpdef _local(self, int status, bytes body, str flags, bint has_unread_body, bytes extra=*)
     cpdef _pause(self, int why)
     cpdef _resume(self, int why)
     @cython.locals(up=UpstreamProtocol)

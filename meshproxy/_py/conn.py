@@ -33,13 +33,17 @@ with.
 """
 import asyncio
 import time
+from http import HTTPStatus
+from random import random as _random
 from time import monotonic as _monotonic
 
 if __name__.startswith("meshproxy._core"):
+    from meshproxy._core.router import HeaderEdit, RequestView
     from meshproxy._core.balancer import RoundRobinPicker
     from meshproxy._core.counters import ClusterStats
     from meshproxy._core.http1 import ChunkedFramer, RequestParser, ResponseParser, request_id
 else:
+    from meshproxy._py.router import HeaderEdit, RequestView
     from meshproxy._py.balancer import RoundRobinPicker
     from meshproxy._py.counters import ClusterStats
     from meshproxy._py.http1 import ChunkedFramer, RequestParser, ResponseParser, request_id
@@ -64,14 +68,11 @@ RF_CHUNKED = 2
 RF_CLOSE = 3  # delimited by the upstream closing the connection
 
 MAX_BUFFERED = 65536  # pipelined or pending bytes held before reading pauses
+EJECTION_SECONDS = 5.0  # how long a connect failure keeps an endpoint out of rotation
+MIRROR_MAX_BUFFER = 1048576  # a mirror that falls this far behind is dropped, never waited for
+MIRROR_TIMEOUT = 30.0
 
-REASONS = {
-    200: b"OK", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
-    405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Payload Too Large",
-    414: b"URI Too Long", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
-    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable",
-    504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
-}
+REASONS = {int(st): st.phrase.encode("ascii") for st in HTTPStatus}
 
 # Envoy's local-reply bodies, so clients and scripts that know Envoy's answers recognise ours.
 BODY_NO_HEALTHY = b"no healthy upstream"
@@ -123,6 +124,8 @@ class Endpoint:
         self.idle_timeout = 3600.0
         self.connect_timeout = 10.0
         self.health = "HEALTHY"
+        self.healthy = True
+        self.unhealthy_until = 0.0
 
     def acquire(self):
         """An idle connection (most recently used first), or None."""
@@ -162,21 +165,208 @@ class Endpoint:
 
 
 class Cluster:
-    """A cluster as the data plane uses it: endpoints, picker, counters, settings."""
+    """A cluster as the data plane uses it: endpoints, picker, counters, settings.
 
-    def __init__(self, name, endpoints, weights, stats, info=None):
+    Endpoints are grouped by priority (locality failover: 0 is the sidecar's own locality); the
+    picker covers the first group that has a healthy endpoint. It is rebuilt when endpoint health
+    changes (``HEALTH_EPOCH`` moves), never per pick.
+    """
+
+    def __init__(self, name, endpoints, weights, stats, info=None, policy="ROUND_ROBIN",
+                 hash_policy=None, priorities=None):
         self.name = name
         self.endpoints = list(endpoints)
+        self.weights = [w if w > 0 else 1 for w in weights]
+        self.priorities = list(priorities) if priorities else [0] * len(self.endpoints)
         self.stats = stats
         self.info = info
-        self.picker = RoundRobinPicker(list(weights)) if self.endpoints else None
+        self.policy = policy
+        self.hash_policy = hash_policy
+        self.least = policy == "LEAST_REQUEST"
+        self.epoch = -1
+        self.group = []
+        self.picker = None
+        self.single = None
+        self.priority = 0
+        self.rebuild()
 
-    def pick(self):
-        """The endpoint for the next request, or None when the cluster has none."""
+    def rebuild(self):
+        self.epoch = HEALTH_EPOCH[0]
+        eps = self.endpoints
+        best = None
+        for i in range(len(eps)):
+            if eps[i].healthy and (best is None or self.priorities[i] < best):
+                best = self.priorities[i]
+        if best is None:
+            # Nothing healthy: panic mode, as Envoy, balance over everything.
+            best = min(self.priorities) if self.priorities else 0
+            idx = [i for i in range(len(eps)) if self.priorities[i] == best]
+        else:
+            idx = [i for i in range(len(eps)) if self.priorities[i] == best and eps[i].healthy]
+        self.priority = best
+        self.group = [eps[i] for i in idx]
+        self.single = self.group[0] if len(self.group) == 1 else None
+        if len(self.group) > 1:
+            self.picker = make_picker(self.policy, [self.weights[i] for i in idx],
+                                      [eps[i].host for i in idx], self.hash_policy)
+        else:
+            self.picker = None
+
+    def pick(self, ds):
+        """The endpoint for the next request (``ds``: the downstream, for hash keys and
+        least-request accounting; None for mirrors), or None when the cluster has none."""
+        if self.epoch != HEALTH_EPOCH[0]:
+            self.rebuild()
+        single = self.single
+        if single is not None:
+            return single
         picker = self.picker
         if picker is None:
             return None
-        return self.endpoints[picker.pick()]
+        if self.hash_policy is not None:
+            key = hash_key(self.hash_policy, ds)
+            i = picker.pick(key) if key is not None else picker.pick(int(_random() * 2 ** 63))
+        else:
+            i = picker.pick()
+        if self.least and ds is not None:
+            picker.acquire(i)
+            ds.lr_picker = picker
+            ds.lr_index = i
+        return self.group[i]
+
+    def pick_other(self, ds, failed):
+        """An endpoint other than ``failed`` for a retry, or None."""
+        for _ in range(4):
+            ep = self.pick(ds)
+            ds.release_lr()
+            if ep is not failed:
+                return ep
+        for ep in self.group:
+            if ep is not failed and ep.healthy:
+                return ep
+        return None
+
+
+# Bumped whenever an endpoint's health changes; clusters rebuild their picker lazily.
+HEALTH_EPOCH = [0]
+
+
+def mark_unhealthy(ep, seconds):
+    """Passive health: a connect failure takes the endpoint out of rotation for a while."""
+    if ep.healthy:
+        ep.healthy = False
+        ep.health = "UNHEALTHY"
+        HEALTH_EPOCH[0] += 1
+    ep.unhealthy_until = _monotonic() + seconds
+
+
+def revive(endpoints, now):
+    """Return endpoints whose ejection time is over (called by the worker's 1 s tick)."""
+    changed = False
+    for ep in endpoints:
+        if not ep.healthy and now >= ep.unhealthy_until:
+            ep.healthy = True
+            ep.health = "HEALTHY"
+            changed = True
+    if changed:
+        HEALTH_EPOCH[0] += 1
+
+
+def make_picker(policy, weights, names, hash_policy):
+    """A picker for ``policy`` (Istio names) over ``weights``."""
+    try:
+        from meshproxy.core import balancer as _b
+        factory = getattr(_b, "make_picker", None)
+    except ImportError:  # pragma: no cover
+        factory = None
+    if factory is not None:
+        opts = {}
+        if hash_policy is not None:
+            if policy == "MAGLEV" and hash_policy.maglev_table_size:
+                opts["table_size"] = hash_policy.maglev_table_size
+            elif policy == "RING_HASH" and hash_policy.ring_size:
+                opts["minimum_ring_size"] = hash_policy.ring_size
+        pol = "ROUND_ROBIN" if policy in ("PASSTHROUGH", "UNSPECIFIED") else policy
+        return factory(pol, weights, names=names, **opts)
+    return RoundRobinPicker(weights)
+
+
+def hash_key(hp, ds):
+    """The consistent-hash key of the request on ``ds`` for a HashPolicy, or None."""
+    if ds is None:
+        return None
+    from meshproxy.core import balancer as _b
+    p = ds.parser
+    if hp.header:
+        v = p.get_all(hp.header.encode("latin-1"))
+    elif hp.cookie:
+        v = _cookie(p.get_all(b"cookie"), hp.cookie.encode("latin-1"))
+        if v is None:
+            # Envoy generates the cookie when absent and sets it on the response.
+            v = request_id()
+            ds.set_cookie = b"set-cookie: %s=%s%s%s\r\n" % (
+                hp.cookie.encode("latin-1"), v,
+                (b"; Max-Age=%d" % int(hp.cookie_ttl)) if hp.cookie_ttl else b"",
+                (b"; Path=" + hp.cookie_path.encode("latin-1")) if hp.cookie_path else b"")
+    elif hp.source_ip:
+        v = ds.client_addr
+    elif hp.query_param:
+        from meshproxy.core import router as _r
+        v = _r.parse_query(p.path).get(hp.query_param.encode("utf-8"))
+    else:
+        v = None
+    if v is None:
+        return None
+    return _b.hash_key(v) if hasattr(_b, "hash_key") else hash(v) & 0x7FFFFFFFFFFFFFFF
+
+
+def _cookie(header, name):
+    if header is None:
+        return None
+    for part in header.split(b";"):
+        part = part.strip()
+        eq = part.find(b"=")
+        if eq > 0 and part[:eq] == name:
+            return part[eq + 1:]
+    return None
+
+
+def _wildcard(wildcards, host):
+    """The target of the longest wildcard domain (``*.example.com``) matching ``host``."""
+    colon = host.rfind(b":")
+    bare = host[:colon] if colon > 0 and b"]" not in host[colon:] else host
+    for suffix, target in wildcards:
+        if bare.endswith(suffix) or host.endswith(suffix):
+            return target
+    return None
+
+
+def _location(redirect, req):
+    """The Location of an Istio HTTPRedirect."""
+    p = req.parser
+    scheme = redirect.scheme.encode() if redirect.scheme else b"http"
+    host = p.host or b""
+    if redirect.authority:
+        host = redirect.authority.encode("latin-1")
+    if redirect.port:
+        colon = host.rfind(b":")
+        if colon > 0 and b"]" not in host[colon:]:
+            host = host[:colon]
+        host = host + b":%d" % redirect.port
+    path = req.path()
+    if redirect.uri:
+        q = path.find(b"?")
+        path = redirect.uri.encode("utf-8") + (path[q:] if q >= 0 else b"")
+    return scheme + b"://" + host + path
+
+
+def _authority_edit(authority):
+    e = HeaderEdit.__new__(HeaderEdit)
+    e.drop = (b"host",)
+    e.extra = b"host: " + authority + b"\r\n"
+    e.empty = False
+    e.ops = None
+    return e
 
 
 class ProxyContext:
@@ -187,9 +377,12 @@ class ProxyContext:
     """
 
     def __init__(self, name, routes, default, stats, access_log=None, max_head_size=61440,
-                 max_request_line=16384, max_headers=100, version="", route_names=None):
+                 max_request_line=16384, max_headers=100, version="", route_names=None,
+                 tables=None, wildcards=None):
         self.name = name
         self.routes = routes
+        self.tables = tables  # host -> router.RouteTable (hosts with a VirtualService)
+        self.wildcards = wildcards  # [(b".example.com", RouteTable or Cluster)], longest first
         self.default = default
         self.stats = stats
         self.access_log = access_log
@@ -257,6 +450,14 @@ class DownstreamProtocol:
         self.flags = ""
         self.upgrading = False
         self.last_status = 0
+        # traffic management (only set when a VirtualService / policy asks for it)
+        self.resp_edit = None
+        self.mirrors = None
+        self.lr_picker = None
+        self.lr_index = 0
+        self.set_cookie = None
+        self.delay_handle = None
+        self.attempts = 0
 
     # -- asyncio protocol interface ------------------------------------------------------------
 
@@ -417,13 +618,65 @@ class DownstreamProtocol:
             self.req_remaining = p.content_length if p.content_length > 0 else 0
             has_body = self.req_remaining > 0
         ctx.stats.rq_start()
+        self.resp_edit = None
+        path = None
+        edit = None
+        delay = 0.0
+        if cluster is None and host is not None:
+            table = ctx.tables.get(host) if ctx.tables is not None else None
+            if table is None and ctx.wildcards is not None:
+                table = _wildcard(ctx.wildcards, host)
+            if table is not None:
+                if type(table) is Cluster:
+                    cluster = table
+                else:
+                    # A VirtualService applies: match, then act (router.py).
+                    req = RequestView(p, b"http", self.sockname[1] if self.sockname else 0)
+                    entry, block = table.match(req)
+                    if entry is None:
+                        self.cluster = None
+                        self._local(404, b"", "NR", has_body)
+                        return
+                    fault = entry.fault
+                    if fault is not None:
+                        if fault.abort_status and _random() * 100.0 < fault.abort_percent:
+                            self.cluster = None
+                            self._local(fault.abort_status, b"fault filter abort", "FI",
+                                        has_body)
+                            return
+                        if fault.delay > 0 and _random() * 100.0 < fault.delay_percent:
+                            delay = fault.delay
+                    if entry.direct is not None:
+                        self.cluster = None
+                        self._local(entry.direct.status, entry.direct_body, "-", has_body)
+                        return
+                    if entry.redirect is not None:
+                        self.cluster = None
+                        self._local(entry.redirect.code, b"", "-", has_body,
+                                    b"location: " + _location(entry.redirect, req) + b"\r\n")
+                        return
+                    dest = entry.pick_destination(_random())
+                    cluster = dest[0]
+                    edit = dest[2]
+                    self.resp_edit = dest[3]
+                    path = entry.rewritten_path(req, block)
+                    if entry.rewrite_authority is not None:
+                        edit = HeaderEdit.merge(edit, _authority_edit(entry.rewrite_authority))
+                    if cluster is None:
+                        self.cluster = None
+                        self._local(503, b"", "NC", has_body)
+                        return
+                    if entry.mirrors:
+                        self._start_mirrors(entry, path, edit)
+        if cluster is None:
+            cluster = ctx.default
         if cluster is None or p.method == b"CONNECT":
             self.cluster = None
             self._local(404 if cluster is None else 405, b"", "NR" if cluster is None else "-",
                         has_body)
             return
         self.cluster = cluster
-        ep = cluster.pick()
+        ep = cluster.pick(self)
         if ep is None:
             self.cluster = cluster
             cluster.stats.rq_start()
@@ -442,7 +695,10 @@ class DownstreamProtocol:
         if p.version == 0 and not p.upgrade:
             # Keep the upstream connection reusable for HTTP/1.0 clients too.
             extra = extra + b"connection: keep-alive\r\n"
-        head = p.serialize(extra)
+        if edit is None:
+            head = p.serialize(extra, path)
+        else:
+            head = p.serialize(extra + edit.extra, path, edit.drop)
         self.req_head = head
         self.upgrading = p.upgrade is not None
         cluster.stats.rq_start()
@@ -451,6 +707,12 @@ class DownstreamProtocol:
         self.state = ST_BODY if has_body else ST_WAIT
         if not has_body:
             self.req_done = True
+        if delay > 0:
+            # fault.delay: hold the request (and any body) as if the connection were being set up.
+            self.flags = "DI"
+            self.pending = [head]
+            self.delay_handle = self.listener.loop.call_later(delay, self._delayed, ep)
+            return
         up = ep.acquire()
         if up is not None:
             up.attach(self, True)
@@ -459,6 +721,39 @@ class DownstreamProtocol:
         else:
             self.pending = [head]
             self._connect(ep)
+
+    def _delayed(self, ep):
+        """The fault delay is over: send what waited."""
+        self.delay_handle = None
+        if self.state == ST_CLOSED or self.pending is None:
+            return
+        up = ep.acquire()
+        if up is not None:
+            up.attach(self, True)
+            self.upstream = up
+            self.upstream_ready(up)
+        else:
+            self._connect(ep)
+
+    def _start_mirrors(self, entry, path, edit):
+        """Fire-and-forget copies of this request to the route's mirror clusters."""
+        p = self.parser
+        host = p.host or b""
+        drop = (b"host",) + (edit.drop if edit is not None and edit.drop else ())
+        extra = self.xf_lines + b"host: " + host + b"-shadow\r\nconnection: close\r\n"
+        if edit is not None:
+            extra = extra + edit.extra
+        for cluster, percent, _ in entry.mirrors:
+            if cluster is None or _random() * 100.0 >= percent:
+                continue
+            ep = cluster.pick(None)
+            if ep is None:
+                continue
+            m = MirrorProtocol(ep, self.listener.loop, p.serialize(extra, path, drop))
+            if self.mirrors is None:
+                self.mirrors = []
+            self.mirrors.append(m)
+            m.start()
 
     def _forward_request_body(self, buf, pos, end):
         framer = self.framer
@@ -488,6 +783,10 @@ class DownstreamProtocol:
             self.state = ST_WAIT
 
     def _send_up(self, data):
+        mirrors = self.mirrors
+        if mirrors is not None:
+            for m in mirrors:
+                m.send(data)
         up = self.upstream
         if up is not None and up.transport is not None:
             up.transport.write(data)
@@ -522,6 +821,23 @@ class DownstreamProtocol:
         if self.upstream is not up:
             return
         self.upstream = None
+        ep = self.endpoint
+        if ep is not None:
+            mark_unhealthy(ep, EJECTION_SECONDS)
+        # Istio's default retry policy retries connect failures (2 attempts) on another
+        # endpoint; nothing has been sent yet, everything is still in ``pending``.
+        if self.attempts < 2 and self.pending is not None and self.cluster is not None:
+            other = self.cluster.pick_other(self, ep)
+            if other is not None:
+                self.attempts += 1
+                if ep is not None:
+                    ep.rq_active -= 1
+                other.rq_active += 1
+                other.rq_total += 1
+                self.endpoint = other
+                self.flags = "URX" if self.attempts else ""
+                self._connect(other)
+                return
         self.pending = None
         self._local(503, BODY_CONNECT_FAILURE, "UF", not self.req_done)
         self._continue()
@@ -574,18 +890,35 @@ class DownstreamProtocol:
     def response_head(self, up, head_extra_ok):
         """Called by the upstream with a final response head; returns the extra header lines."""
         self.resp_started = True
+        extra = b""
+        edit = self.resp_edit
+        if edit is not None:
+            extra = edit.extra
+        if self.set_cookie is not None:
+            extra = extra + self.set_cookie
         if not self.keep_alive or not self.req_done or self.listener.draining:
             self.keep_alive = False
-            return b"connection: close\r\n"
+            return extra + b"connection: close\r\n"
         if self.parser.version == 0:
             if head_extra_ok:
-                return b"connection: keep-alive\r\n"
+                return extra + b"connection: keep-alive\r\n"
             self.keep_alive = False
-            return b""
+            return extra
         if not head_extra_ok:
             self.keep_alive = False
-            return b"connection: close\r\n"
-        return b""
+            return extra + b"connection: close\r\n"
+        return extra
+
+    def resp_drop(self):
+        """Response header names a route's edits remove or replace (None: none)."""
+        edit = self.resp_edit
+        return edit.drop if edit is not None else None
+
+    def release_lr(self):
+        picker = self.lr_picker
+        if picker is not None:
+            self.lr_picker = None
+            picker.release(self.lr_index)
 
     def write(self, data):
         self.bytes_tx += len(data)
@@ -630,6 +963,14 @@ class DownstreamProtocol:
     def _end_request(self, status):
         cluster = self.cluster
         ctx = self.ctx
+        if self.lr_picker is not None:
+            self.release_lr()
+        self.mirrors = None
+        self.set_cookie = None
+        self.attempts = 0
+        if self.delay_handle is not None:
+            self.delay_handle.cancel()
+            self.delay_handle = None
         dur = _monotonic() - self.start
         us = int(dur * 1000000)
         ep = self.endpoint
@@ -683,7 +1024,7 @@ class DownstreamProtocol:
         j = head.find(b"\r\n", i + 2)
         return head[i + 16:j]
 
-    def _local(self, status, body, flags, has_unread_body):
+    def _local(self, status, body, flags, has_unread_body, extra=b""):
         """Answer the current request locally (no route, no endpoint, upstream failure).
 
         A request whose body has not been read in full cannot be followed by another on the same
@@ -692,7 +1033,7 @@ class DownstreamProtocol:
         self.flags = flags if flags != "-" else ""
         if has_unread_body or self.listener.draining:
             self.keep_alive = False
-        reply = local_reply(status, body, not self.keep_alive)
+        reply = local_reply(status, body, not self.keep_alive, extra)
         self.resp_started = True
         self.write(reply)
         self.last_status = status
@@ -970,7 +1311,7 @@ class UpstreamProtocol:
         if framing == RF_NONE or (framing == RF_LENGTH and self.remaining == 0):
             self.buf = None
             self.pos = 0
-            ds.write(p.serialize(extra, 0))
+            ds.write(p.serialize(extra, 0, ds.resp_drop()))
             ds.response_done(self, status, self.keep_alive and pos == end)
             return
         # One write for the head and whatever body came with it.
@@ -991,7 +1332,7 @@ class UpstreamProtocol:
         else:
             k = end - pos
             done = False
-        ds.write(p.serialize(extra, k))
+        ds.write(p.serialize(extra, k, ds.resp_drop()))
         pos += k
         self.pos = pos
         if pos >= end:
@@ -1069,6 +1410,88 @@ class UpstreamProtocol:
         ds = self.downstream
         if ds is not None:
             ds._resume(PAUSE_UPSTREAM_FULL)
+
+
+class MirrorProtocol:
+    """A fire-and-forget copy of a request (VirtualService ``mirror``): its response is read and
+    discarded; a slow or dead mirror is dropped and never slows or fails the primary request."""
+
+    def __init__(self, endpoint, loop, head):
+        self.endpoint = endpoint
+        self.loop = loop
+        self.transport = None
+        self.pending = [head]
+        self.size = len(head)
+        self.dead = False
+        self.timer = None
+
+    def start(self):
+        self.timer = self.loop.call_later(MIRROR_TIMEOUT, self.abort)
+        self.loop.create_task(self._connect())
+
+    async def _connect(self):
+        ep = self.endpoint
+        try:
+            await asyncio.wait_for(
+                self.loop.create_connection(self._self, ep.address, ep.port), ep.connect_timeout)
+        except (OSError, asyncio.TimeoutError):
+            self.abort()
+
+    def _self(self):
+        return self
+
+    def send(self, data):
+        if self.dead:
+            return
+        t = self.transport
+        if t is None:
+            self.size += len(data)
+            if self.size > MIRROR_MAX_BUFFER:
+                self.abort()
+                return
+            self.pending.append(data)
+            return
+        if t.get_write_buffer_size() > MIRROR_MAX_BUFFER:
+            self.abort()
+            return
+        t.write(data)
+
+    def abort(self):
+        self.dead = True
+        self.pending = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        if self.dead:
+            transport.abort()
+            return
+        pending = self.pending
+        self.pending = None
+        if pending:
+            transport.write(b"".join(pending))
+
+    def data_received(self, data):
+        pass  # the mirror's answer is discarded
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        self.dead = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def pause_writing(self):
+        pass
+
+    def resume_writing(self):
+        pass
 
 
 def _s(b):

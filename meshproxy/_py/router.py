@@ -1,0 +1,383 @@
+"""HTTP route tables: Istio VirtualService matching, compiled from the Snapshot at apply time.
+
+One source, two builds (like ``conn``): this file is the pure-Python twin and
+``meshproxy/_core/router.py`` (a link) is compiled by Cython with ``meshproxy/_core/router.pxd``.
+``meshproxy explain`` uses the very same classes (``RouteTable.explain``), so what it prints is
+what the data plane does.
+
+Theory of operation
+-------------------
+A host whose only route is "everything goes to one cluster" never reaches this module: the
+engine's domain dict maps it straight to the cluster. Other hosts map to a ``RouteTable``: the
+VirtualService's ``http[]`` routes in order, first match wins (Istio). Each ``RouteEntry`` holds its
+``MatchBlock``s (OR); each block holds the conditions that must all hold (AND): uri, scheme,
+method, authority, headers, withoutHeaders, queryParams. ``port``, ``sourceLabels`` and
+``sourceNamespace`` were decided at compile time (control drops blocks that cannot match this
+sidecar).
+
+Per request the engine builds one ``RequestView`` over the parsed head; it fetches the path, a
+header value or the query string only when a condition needs it, once. Conditions are ordered
+cheapest first inside a block (method, authority, uri, headers, query), and regexes were compiled
+at config time (RE2 syntax, validated by control; full-match semantics as in Envoy).
+"""
+import re
+
+M_EXACT = 0
+M_PREFIX = 1
+M_REGEX = 2
+
+_KINDS = {"exact": M_EXACT, "prefix": M_PREFIX, "regex": M_REGEX}
+
+
+class Matcher:
+    """A compiled Istio StringMatch over bytes."""
+
+    def __init__(self, kind, value, ignore_case=False):
+        self.kind = _KINDS[kind]
+        self.text = value
+        self.ignore_case = ignore_case
+        v = value.encode("utf-8")
+        if ignore_case and self.kind != M_REGEX:
+            v = v.lower()
+        self.value = v
+        self.regex = re.compile(v, re.IGNORECASE if ignore_case else 0) \
+            if self.kind == M_REGEX else None
+
+    def test(self, v):
+        kind = self.kind
+        if kind == M_EXACT:
+            return v == self.value
+        if kind == M_PREFIX:
+            return v.startswith(self.value)
+        return self.regex.fullmatch(v) is not None
+
+    def describe(self):
+        return "%s %r" % (("exact", "prefix", "regex")[self.kind], self.text)
+
+
+class RequestView:
+    """Lazily computed request attributes a match may need (one per routed request)."""
+
+    def __init__(self, parser, scheme, port):
+        self.parser = parser
+        self.scheme = scheme
+        self.port = port
+        self._path = None
+        self._path_lower = None
+        self._uri = None
+        self._query = None
+        self._headers = None
+
+    def path(self):
+        """The path and query as sent (origin form)."""
+        path = self._path
+        if path is None:
+            path = self._path = self.parser.path
+        return path
+
+    def uri(self):
+        """Istio's ``uri`` match target: the path without the query string."""
+        u = self._uri
+        if u is None:
+            path = self.path()
+            q = path.find(b"?")
+            u = self._uri = path if q < 0 else path[:q]
+        return u
+
+    def uri_lower(self):
+        u = self._path_lower
+        if u is None:
+            u = self._path_lower = self.uri().lower()
+        return u
+
+    def header(self, name):
+        """The value of header ``name`` (lowercase bytes), or None; several values joined by ','."""
+        cache = self._headers
+        if cache is None:
+            cache = self._headers = {}
+        elif name in cache:
+            return cache[name]
+        if name == b"host" or name == b":authority":
+            v = self.parser.host
+        elif name == b":method":
+            v = self.parser.method
+        elif name == b":path":
+            v = self.path()
+        elif name == b":scheme":
+            v = self.scheme
+        else:
+            v = self.parser.get_all(name)
+        cache[name] = v
+        return v
+
+    def query(self, name):
+        q = self._query
+        if q is None:
+            q = self._query = parse_query(self.path())
+        return q.get(name)
+
+
+def parse_query(path):
+    """``a=1&b=2`` of a path as {name: value} (first value wins; percent-encoding kept)."""
+    out = {}
+    i = path.find(b"?")
+    if i < 0:
+        return out
+    qs = path[i + 1:]
+    h = qs.find(b"#")
+    if h >= 0:
+        qs = qs[:h]
+    for part in qs.split(b"&"):
+        if not part:
+            continue
+        eq = part.find(b"=")
+        if eq < 0:
+            name, value = part, b""
+        else:
+            name, value = part[:eq], part[eq + 1:]
+        if name not in out:
+            out[name] = value
+    return out
+
+
+class MatchBlock:
+    """One HTTPMatchRequest: every condition must hold."""
+
+    def __init__(self, m):
+        self.name = m.name
+        self.ignore_case = m.ignore_uri_case
+        self.method = Matcher(m.method.kind, m.method.value) if m.method else None
+        self.authority = Matcher(m.authority.kind, m.authority.value, True) \
+            if m.authority else None
+        self.scheme = Matcher(m.scheme.kind, m.scheme.value) if m.scheme else None
+        self.uri = Matcher(m.uri.kind, m.uri.value, m.ignore_uri_case) if m.uri else None
+        self.headers = [(h.name.encode("latin-1"),
+                         Matcher(h.match.kind, h.match.value) if h.match else None, h.invert)
+                        for h in m.headers]
+        self.query = [(q.name.encode("utf-8"),
+                       Matcher(q.match.kind, q.match.value) if q.match else None)
+                      for q in m.query_params]
+        self.uri_prefix_len = len(m.uri.value.encode()) \
+            if m.uri is not None and m.uri.kind == "prefix" else -1
+
+    def matches(self, req):
+        if self.method is not None and not self.method.test(req.parser.method):
+            return False
+        if self.authority is not None:
+            host = req.parser.host
+            if host is None or not self.authority.test(host):
+                return False
+        if self.scheme is not None and not self.scheme.test(req.scheme):
+            return False
+        uri = self.uri
+        if uri is not None:
+            if not uri.test(req.uri_lower() if self.ignore_case else req.uri()):
+                return False
+        for name, matcher, invert in self.headers:
+            v = req.header(name)
+            if invert:
+                # withoutHeaders: the request must not have a matching header
+                if v is not None and (matcher is None or matcher.test(v)):
+                    return False
+            elif v is None or (matcher is not None and not matcher.test(v)):
+                return False
+        for name, matcher in self.query:
+            v = req.query(name)
+            if v is None or (matcher is not None and not matcher.test(v)):
+                return False
+        return True
+
+    def why_not(self, req):
+        """The first condition that fails, in words (for ``meshproxy explain``), or None."""
+        p = req.parser
+        if self.method is not None and not self.method.test(p.method):
+            return "method %s does not match %s" % (_s(p.method), self.method.describe())
+        if self.authority is not None:
+            if p.host is None or not self.authority.test(p.host):
+                return "authority %s does not match %s" % (_s(p.host), self.authority.describe())
+        if self.scheme is not None and not self.scheme.test(req.scheme):
+            return "scheme %s does not match %s" % (_s(req.scheme), self.scheme.describe())
+        if self.uri is not None:
+            u = req.uri_lower() if self.ignore_case else req.uri()
+            if not self.uri.test(u):
+                return "uri %s does not match %s%s" % (_s(req.uri()), self.uri.describe(),
+                                                       " (ignoreUriCase)" if self.ignore_case else "")
+        for name, matcher, invert in self.headers:
+            v = req.header(name)
+            if invert:
+                if v is not None and (matcher is None or matcher.test(v)):
+                    return "header %s is %s (withoutHeaders%s)" % (
+                        _s(name), _s(v), "" if matcher is None else " " + matcher.describe())
+            elif v is None:
+                return "header %s is absent" % _s(name)
+            elif matcher is not None and not matcher.test(v):
+                return "header %s: %s does not match %s" % (_s(name), _s(v), matcher.describe())
+        for name, matcher in self.query:
+            v = req.query(name)
+            if v is None:
+                return "query parameter %s is absent" % _s(name)
+            if matcher is not None and not matcher.test(v):
+                return "query parameter %s: %s does not match %s" % (_s(name), _s(v),
+                                                                    matcher.describe())
+        return None
+
+
+class HeaderEdit:
+    """Compiled HeaderOps: names to drop from the head, lines to append."""
+
+    def __init__(self, ops):
+        drop = [n.encode("latin-1") for n in ops.remove]
+        drop += [n.encode("latin-1") for n, _ in ops.set]
+        self.drop = tuple(dict.fromkeys(drop)) if drop else None
+        lines = [b"%s: %s\r\n" % (n.encode("latin-1"), v.encode("latin-1"))
+                 for n, v in tuple(ops.set) + tuple(ops.add)]
+        self.extra = b"".join(lines)
+        self.empty = self.drop is None and not self.extra
+        self.ops = ops
+
+    @staticmethod
+    def merge(a, b):
+        """``a`` then ``b`` (route-level then destination-level), or None when both are empty."""
+        if a is None or a.empty:
+            return b if b is not None and not b.empty else None
+        if b is None or b.empty:
+            return a
+        m = HeaderEdit.__new__(HeaderEdit)
+        drop = (a.drop or ()) + (b.drop or ())
+        m.drop = tuple(dict.fromkeys(drop)) or None
+        m.extra = a.extra + b.extra
+        m.empty = False
+        m.ops = (a.ops, b.ops)
+        return m
+
+
+class RouteEntry:
+    """One HTTPRoute, compiled: what to match and what to do."""
+
+    def __init__(self, route, clusters):
+        """``clusters``: name -> the data plane's Cluster object (from the same snapshot)."""
+        self.route = route
+        self.name = route.name
+        self.virtual_service = route.virtual_service
+        self.index = route.index
+        self.blocks = [MatchBlock(m) for m in route.matches]
+        self.match_all = not self.blocks
+        req = HeaderEdit(route.request_headers)
+        resp = HeaderEdit(route.response_headers)
+        self.destinations = []
+        self.total_weight = 0
+        for d in route.destinations:
+            c = clusters.get(d.cluster)
+            self.destinations.append((c, d.weight, HeaderEdit.merge(req, HeaderEdit(d.request_headers)),
+                                      HeaderEdit.merge(resp, HeaderEdit(d.response_headers)),
+                                      d.cluster))
+            self.total_weight += d.weight
+        self.request_edit = req if not req.empty else None
+        self.response_edit = resp if not resp.empty else None
+        self.redirect = route.redirect
+        self.direct = route.direct_response
+        self.direct_body = route.direct_response.body.encode("utf-8") \
+            if route.direct_response else b""
+        rw = route.rewrite
+        self.rewrite = rw
+        self.rewrite_uri = rw.uri.encode("utf-8") if rw is not None and rw.uri else None
+        self.rewrite_authority = rw.authority.encode("latin-1") \
+            if rw is not None and rw.authority else None
+        self.rewrite_regex = re.compile(rw.uri_regex.encode("utf-8")) \
+            if rw is not None and rw.uri_regex else None
+        self.rewrite_regex_sub = _re_template(rw.uri_regex_rewrite) \
+            if rw is not None and rw.uri_regex else None
+        self.fault = route.fault
+        self.mirrors = [(clusters.get(m.cluster), m.percent, m.cluster) for m in route.mirrors]
+
+    def first_match(self, req):
+        """The matching block (or True when the route matches everything), else None."""
+        if self.match_all:
+            return True
+        for b in self.blocks:
+            if b.matches(req):
+                return b
+        return None
+
+    def pick_destination(self, r):
+        """The destination tuple for a uniform random number ``r`` in [0, 1)."""
+        dests = self.destinations
+        if len(dests) == 1:
+            return dests[0]
+        x = r * self.total_weight
+        acc = 0
+        for d in dests:
+            acc += d[1]
+            if x < acc:
+                return d
+        return dests[-1]
+
+    def rewritten_path(self, req, block):
+        """The path to send upstream after ``rewrite.uri`` / ``uriRegexRewrite``, or None."""
+        if self.rewrite_uri is None and self.rewrite_regex is None:
+            return None
+        path = req.path()
+        q = path.find(b"?")
+        uri, query = (path, b"") if q < 0 else (path[:q], path[q:])
+        if self.rewrite_regex is not None:
+            uri = self.rewrite_regex.sub(self.rewrite_regex_sub, uri)
+        elif block is not True and block is not None and block.uri_prefix_len >= 0:
+            uri = self.rewrite_uri + uri[block.uri_prefix_len:]
+        else:
+            uri = self.rewrite_uri
+        if not uri.startswith(b"/"):
+            uri = b"/" + uri
+        return uri + query
+
+
+class RouteTable:
+    """The routes of one virtual host (service host:port), first match wins."""
+
+    def __init__(self, name, routes, clusters):
+        self.name = name
+        self.entries = [RouteEntry(r, clusters) for r in routes]
+
+    def match(self, req):
+        """(entry, block) for the first matching route, or (None, None): 404 NR."""
+        for e in self.entries:
+            b = e.first_match(req)
+            if b is not None:
+                return e, b
+        return None, None
+
+    def explain(self, req):
+        """Every route in order with why it did not match; stops at the first that does."""
+        lines = []
+        for e in self.entries:
+            label = _route_label(e)
+            if e.match_all:
+                lines.append((label, None, "matches every request"))
+                return lines, e
+            reasons = []
+            for i, b in enumerate(e.blocks):
+                why = b.why_not(req)
+                if why is None:
+                    lines.append((label, b, "match[%d]%s" % (
+                        i, " (%s)" % b.name if b.name else "")))
+                    return lines, e
+                reasons.append("match[%d]: %s" % (i, why))
+            lines.append((label, None, "; ".join(reasons)))
+        return lines, None
+
+
+def _route_label(e):
+    where = "%s http[%d]" % (e.virtual_service, e.index) if e.virtual_service else "default route"
+    return where + (" %r" % e.name if e.name else "")
+
+
+def _re_template(t):
+    """Envoy's ``\\1`` group references to Python's ``\\g<1>`` (bytes)."""
+    return re.sub(r"\\(\d+)", r"\\g<\1>", t).encode("utf-8")
+
+
+def _s(b):
+    if b is None:
+        return "(none)"
+    if isinstance(b, bytes):
+        return b.decode("latin-1")
+    return str(b)
