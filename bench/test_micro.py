@@ -1,4 +1,4 @@
-"""Micro-benchmarks of the HTTP/1.1 head parser (pytest-benchmark).
+"""Micro-benchmarks (pytest-benchmark): head parsing and serialisation, balancer picks, route lookup.
 
     .venv/bin/pytest bench/test_micro.py --benchmark-only
 
@@ -170,3 +170,97 @@ def test_response_parse(benchmark, kind):
     def run():
         return parse(head, 0)
     benchmark(run)
+
+
+# --- balancer picks -------------------------------------------------------------------------
+# RoundRobinPicker(weights).pick(): what Cluster.pick() costs per request. Uniform weights take
+# the rotation fast path; weighted ones run smooth weighted round robin over every endpoint
+# (O(n) per pick), so n=10000 weighted shows the worst case.
+
+def _balancer(kind: str):
+    name = "meshproxy._py.balancer" if kind == "py" else "meshproxy._core.balancer"
+    try:
+        mod = importlib.import_module(name)
+    except ImportError as e:
+        pytest.skip(f"{name} not importable: {e}")
+    if kind == "compiled" and not (mod.__file__ or "").endswith((".so", ".pyd")):
+        pytest.skip(f"{name} is not a compiled extension ({mod.__file__})")
+    return mod
+
+
+@pytest.mark.parametrize("kind", ["py", "compiled"])
+@pytest.mark.parametrize("n", [3, 100, 10000])
+@pytest.mark.parametrize("weights", ["uniform", "weighted"])
+def test_balancer_pick(benchmark, kind, n, weights):
+    benchmark.group = f"balancer RoundRobinPicker.pick, {weights}, n={n}"
+    mod = _balancer(kind)
+    w = [1] * n if weights == "uniform" else [1 + (i % 5) for i in range(n)]
+    picker = mod.RoundRobinPicker(w)
+    pick = picker.pick
+    seen = {pick() for _ in range(min(3 * n, 30000))}
+    assert seen <= set(range(n)) and len(seen) == n
+    benchmark(pick)
+
+
+# --- route lookup ---------------------------------------------------------------------------
+# The engine routes with ProxyContext.routes: a dict from the lowercased Host value (bytes, as
+# the parser hands it over) to a Cluster object, built at apply time with every domain form.
+# Same operation for both builds (a dict lookup); the compiled twin's cost is in the call site.
+
+class _Cluster:
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+
+def _routes(n_domains: int = 20) -> dict:
+    routes = {}
+    for i in range(n_domains):
+        c = _Cluster(f"outbound|80||svc{i}.default.svc.cluster.local")
+        for form in (f"svc{i}.default.svc.cluster.local", f"svc{i}.default.svc.cluster.local:80",
+                     f"svc{i}", f"svc{i}:80", f"svc{i}.default", f"svc{i}.default:80"):
+            routes[form.encode()] = c
+    return routes
+
+
+@pytest.mark.parametrize("kind", ["py", "compiled"])
+def test_route_lookup(benchmark, kind):
+    """parse the head (host extracted by the parser), then routes.get(host): the routing step."""
+    benchmark.group = "route lookup: parse + dict of 20 domains (120 forms) -> cluster"
+    mod = _meshproxy_module(kind)
+    routes = _routes()
+    req = REQUEST.replace(b"shop.default.svc.cluster.local", b"svc17.default.svc.cluster.local")
+    parser = mod.RequestParser()
+    parse, get = parser.parse, routes.get
+
+    def run():
+        parse(req, 0)
+        return get(parser.host)
+    assert run().name.endswith("svc17.default.svc.cluster.local")
+    benchmark(run)
+
+
+def test_route_lookup_dict_only(benchmark):
+    """The dict lookup alone, with the host bytes already in hand."""
+    benchmark.group = "route lookup: dict of 20 domains (120 forms) -> cluster"
+    routes = _routes()
+    host = b"svc17.default.svc.cluster.local"
+    get = routes.get
+    assert get(host) is not None
+    benchmark(get, host)
+
+
+# --- head serialisation ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["py", "compiled"])
+def test_serialize(benchmark, kind):
+    """RequestParser.serialize(extra) alone, after one parse: the upstream head the proxy writes."""
+    benchmark.group = "http1 request head serialize(extra) after parse"
+    mod = _meshproxy_module(kind)
+    parser = mod.RequestParser()
+    assert parser.parse(REQUEST, 0) == len(REQUEST)
+    serialize = parser.serialize
+    out = serialize(EXTRA)
+    assert out.endswith(EXTRA + b"\r\n") and b"Connection:" not in out
+    benchmark(serialize, EXTRA)
