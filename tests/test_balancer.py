@@ -332,6 +332,50 @@ def test_p2c_never_picks_the_busier_sample(active, seed):
                 mod.__name__, active, shares)
 
 
+def _c_samples(seed, n):
+    # Model of the compiled twin's sampler: splitmix64-seeded xorshift128+, Lemire's
+    # multiply-shift on the upper 32 bits of each draw.
+    m64 = 2 ** 64 - 1
+    x = seed & m64
+
+    def splitmix():
+        nonlocal x
+        x = (x + 0x9E3779B97F4A7C15) & m64
+        z = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & m64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m64
+        return z ^ (z >> 31)
+
+    a, b = splitmix(), splitmix()
+    while True:
+        s1, s0 = a, b
+        a = s0
+        s1 ^= (s1 << 23) & m64
+        b = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26)
+        yield ((((b + s0) & m64) >> 32) * n) >> 32
+
+
+def _py_samples(seed, n):
+    rng = random.Random(seed)
+    while True:
+        yield rng.randrange(n)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=3), min_size=2, max_size=8),
+       st.integers(min_value=0, max_value=2 ** 63))
+def test_p2c_pointwise_against_its_samples(active, seed):
+    # Replaying each twin's own sampler: every pick is the less loaded of its two samples, and
+    # the first sample on a tie (Envoy's unweightedHostPickNChoices).
+    n = len(active)
+    for mod, samples in [(py_balancer, _py_samples)] + ([(C_IMPL, _c_samples)] if C_IMPL else []):
+        p = mod.LeastRequestPicker([1] * n, active=active, seed=seed)
+        stream = samples(seed, n)
+        for _ in range(200):
+            first, second = next(stream), next(stream)
+            want = second if active[second] < active[first] else first
+            assert p.pick() == want, (mod.__name__, active, first, second)
+
+
 def test_least_request_choice_count_n(impl):
     # choice_count = 5 over 5 endpoints, one idle: it is chosen unless all 5 samples miss it
     p = impl.LeastRequestPicker([1] * 5, active=[1, 1, 0, 1, 1], choice_count=5, seed=3)
