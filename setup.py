@@ -14,7 +14,7 @@ DEBUG = bool(os.environ.get("MESHPROXY_DEBUG"))
 # modules written once in Python and compiled with an augmenting .pxd (the twin is the same source,
 # imported uncompiled from meshproxy/_py/).
 PYX_MODULES = ["http1", "balancer", "counters"]
-PURE_MODE_MODULES = ["conn"]
+PURE_MODE_MODULES = ["conn", "router"]
 
 
 def extensions():

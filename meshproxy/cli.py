@@ -13,6 +13,7 @@ examples:
   meshproxy run --config mesh.yaml                      # outbound listener on 127.0.0.1:15001
   meshproxy run --config mesh/ --workload default/ratings-1 --concurrency 2
   meshproxy validate mesh.yaml
+  meshproxy explain --config mesh.yaml GET http://reviews/ -H 'end-user: jason'
   meshproxy demo --duration 20
   curl -H 'Host: echo.default.svc.cluster.local' http://127.0.0.1:15001/
 
@@ -69,6 +70,25 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=0,
                       help="stop after this many seconds (default: run until Ctrl-C)")
     demo.add_argument("--rate", type=float, default=200, help="requests per second (default 200)")
+
+    ex = sub.add_parser(
+        "explain", help="show how a request would be routed, without sending it",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compile the config as `run` does and walk the request through the same route "
+                    "tables the data plane uses: which VirtualService route matched and why each "
+                    "earlier one did not, the destination (cluster, subset, port), the "
+                    "load-balancing policy and endpoints, and any rewrite, header edit, redirect, "
+                    "direct response, fault or mirror.",
+        epilog="example:\n  meshproxy explain --config bookinfo.yaml GET "
+               "http://reviews.default.svc.cluster.local/reviews/1 -H 'end-user: jason'")
+    ex.add_argument("--config", "-c", required=True, metavar="PATH")
+    ex.add_argument("--workload", "-w", metavar="NAME", help="explain for this sidecar's workload")
+    ex.add_argument("--inbound", action="store_true",
+                    help="explain the inbound listener (needs --workload) instead of outbound")
+    ex.add_argument("--json", action="store_true", help="print the summary as JSON too")
+    ex.add_argument("method", metavar="METHOD")
+    ex.add_argument("url", metavar="URL", help="http://HOST[:PORT]/path?query (HOST: the service)")
+    ex.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'")
 
     sub.add_parser("version", help="print the version")
     return ap
@@ -142,6 +162,28 @@ def cmd_run(args) -> int:
     return run(source, snap)
 
 
+def cmd_explain(args) -> int:
+    import json
+
+    from control import ConfigError, build_snapshot
+    from meshproxy.explain import ExplainError, explain
+
+    try:
+        snap = build_snapshot(args.config, workload=args.workload)
+        lines, summary = explain(snap, args.method, args.url, args.header, inbound=args.inbound)
+    except ConfigError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        return 1
+    except ExplainError as e:
+        print(f"meshproxy explain: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
@@ -152,6 +194,8 @@ def main(argv=None) -> int:
     if args.cmd == "demo":
         from meshproxy.demo import main as demo_main
         return demo_main(duration=args.duration, rate=args.rate)
+    if args.cmd == "explain":
+        return cmd_explain(args)
     if args.cmd == "version":
         from meshproxy.core import COMPILED
         print(f"meshproxy {__version__} ({'compiled' if COMPILED else 'pure-Python'} core, "

@@ -1,0 +1,227 @@
+"""``meshproxy explain``: what the sidecar would do with a request, and why, without sending it.
+
+It compiles the config exactly as ``meshproxy run`` does, parses the request with the data plane's
+own parser, and walks the same ``router.RouteTable`` the data plane uses, so the answer is the
+data plane's answer: the virtual host, every route tried in order with the first condition that
+failed, the route that matched, its destinations and weights, the load-balancing policy and the
+endpoints it chooses among, and any rewrite, header edit, redirect, direct response, fault or
+mirror.
+"""
+from __future__ import annotations
+
+import urllib.parse
+from typing import Optional
+
+from control.snapshot import Cluster, HeaderOps, Snapshot
+from meshproxy.core import http1, router
+from meshproxy.errors import ProtocolError
+
+
+class ExplainError(Exception):
+    pass
+
+
+def build_request(method: str, url: str, headers: list[str]) -> bytes:
+    """An HTTP/1.1 request head for METHOD URL and ``-H 'name: value'`` headers."""
+    u = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
+    if not u.hostname:
+        raise ExplainError(f"{url}: the URL needs a host (the service name)")
+    host = u.netloc.rsplit("@", 1)[-1]
+    path = u.path or "/"
+    if u.query:
+        path += "?" + u.query
+    lines = [f"{method.upper()} {path} HTTP/1.1", f"Host: {host}"]
+    for h in headers:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise ExplainError(f"-H {h!r}: expected 'name: value'")
+        if name.strip().lower() == "host":
+            lines[1] = f"Host: {value.strip()}"
+            continue
+        lines.append(f"{name.strip()}: {value.strip()}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+
+def explain(snap: Snapshot, method: str, url: str, headers: list[str],
+            inbound: bool = False) -> tuple[list[str], dict]:
+    """Lines to print and a summary dict (``status``, ``route``, ``cluster``, ``endpoints``...)."""
+    raw = build_request(method, url, headers)
+    p = http1.RequestParser()
+    try:
+        p.parse(raw)
+    except ProtocolError as e:
+        return [f"the sidecar would answer {e.status_hint} (request rejected: {e})"], {
+            "status": e.status_hint}
+    out: list[str] = []
+    direction = "inbound" if inbound else "outbound"
+    lst = snap.listener(direction)
+    if lst is None:
+        raise ExplainError(f"the config has no {direction} listener"
+                           + (" (use --workload)" if inbound else ""))
+    out.append(f"request   {method.upper()} {_s(p.path)}  Host: {_s(p.host)}"
+               + "".join(f"\n          {h}" for h in headers if not h.lower().startswith("host:")))
+    out.append(f"listener  {lst.name} {lst.address}:{lst.port}")
+    clusters = {c.name: c for c in snap.clusters}
+    host = (p.host or b"").decode("latin-1")
+    vh = None
+    domain = None
+    for v in lst.virtual_hosts:
+        if host in v.domains:
+            vh, domain = v, host
+            break
+    if vh is None:
+        bare = host.rsplit(":", 1)[0] if ":" in host else host
+        best = None
+        for v in lst.virtual_hosts:
+            for d in v.domains:
+                if d.startswith("*") and (bare.endswith(d[1:]) or host.endswith(d[1:])):
+                    if best is None or len(d) > len(best[1]):
+                        best = (v, d)
+        if best is not None:
+            vh, domain = best
+    summary: dict = {}
+    if vh is None:
+        if lst.default_cluster:
+            out.append(f"no virtual host has the domain {host!r}: the listener's default cluster")
+            return out + _describe_cluster(clusters.get(lst.default_cluster),
+                                           lst.default_cluster, snap), {
+                "status": None, "cluster": lst.default_cluster}
+        known = sorted({d for v in lst.virtual_hosts for d in v.domains if ":" not in d})
+        out.append(f"no virtual host has the domain {host!r}: 404 NR (no route)")
+        if known:
+            out.append("  known domains: " + ", ".join(known[:12])
+                       + (" ..." if len(known) > 12 else ""))
+        return out, {"status": 404, "flags": "NR"}
+    out.append(f"vhost     {vh.name}  (domain {domain!r})")
+    if len(vh.routes) == 1 and vh.routes[0].is_simple:
+        r = vh.routes[0]
+        out.append("routes    no VirtualService for this host: the default route sends everything "
+                   "to the service")
+        summary = {"status": None, "route": "default", "cluster": r.cluster}
+        return out + _describe_cluster(clusters.get(r.cluster), r.cluster, snap), summary
+    fake = {name: _Named(name) for name in clusters}
+    table = router.RouteTable(vh.name, vh.routes, fake)
+    req = router.RequestView(p, b"http", lst.port)
+    tried, entry = table.explain(req)
+    vs_names = sorted({r.virtual_service for r in vh.routes if r.virtual_service})
+    out.append("routes    VirtualService " + ", ".join(vs_names) + " (first match wins)")
+    for label, _block, why in tried:
+        mark = "MATCH " if entry is not None and label == tried[-1][0] else "  no  "
+        out.append(f"  {mark} {label}: {why}")
+    if entry is None:
+        out.append("result    no route matched: 404 NR")
+        return out, {"status": 404, "flags": "NR"}
+    route = entry.route
+    summary["route"] = f"{route.virtual_service} http[{route.index}]"
+    if route.fault is not None:
+        f = route.fault
+        if f.abort_status:
+            out.append(f"fault     abort with {f.abort_status} for {f.abort_percent:g}% of requests"
+                       " (flag FI)")
+        if f.delay:
+            out.append(f"fault     delay {f.delay:g}s for {f.delay_percent:g}% of requests"
+                       " (flag DI)")
+    if route.direct_response is not None:
+        d = route.direct_response
+        out.append(f"result    direct response {d.status}" + (f" body {d.body!r}" if d.body else ""))
+        summary["status"] = d.status
+        return out, summary
+    if route.redirect is not None:
+        loc = _location(route.redirect, req)
+        out.append(f"result    redirect {route.redirect.code} to {loc}")
+        summary["status"] = route.redirect.code
+        summary["location"] = loc
+        return out, summary
+    if route.rewrite is not None:
+        new_path = table.entries[table.entries.index(entry)].rewritten_path(
+            req, _matched_block(entry, req))
+        rw = route.rewrite
+        if new_path is not None:
+            out.append(f"rewrite   path {_s(req.path())} -> {_s(new_path)}")
+        if rw.authority:
+            out.append(f"rewrite   authority {host} -> {rw.authority}")
+    _edits(out, "request headers", route.request_headers)
+    _edits(out, "response headers", route.response_headers)
+    total = sum(d.weight for d in route.destinations)
+    out.append("destinations" if len(route.destinations) > 1 else "destination")
+    for d in route.destinations:
+        share = f"{100.0 * d.weight / total:g}%" if total else "0%"
+        out.append(f"  {d.cluster}  weight {d.weight} ({share})")
+        _edits(out, "  request headers", d.request_headers, indent="    ")
+        _edits(out, "  response headers", d.response_headers, indent="    ")
+    for m in route.mirrors:
+        out.append(f"mirror    {m.cluster} for {m.percent:g}% of requests (fire and forget; "
+                   "Host gets -shadow)")
+    summary["destinations"] = [(d.cluster, d.weight) for d in route.destinations]
+    for d in route.destinations:
+        out += _describe_cluster(clusters.get(d.cluster), d.cluster, snap)
+    if len(route.destinations) == 1:
+        summary["cluster"] = route.destinations[0].cluster
+    return out, summary
+
+
+class _Named:
+    """Stands in for a data-plane cluster inside a RouteTable built for explaining."""
+
+    def __init__(self, name):
+        self.name = name
+
+
+def _matched_block(entry, req):
+    b = entry.first_match(req)
+    return b
+
+
+def _location(redirect, req) -> str:
+    from meshproxy.core import conn
+    return conn._location(redirect, req).decode("latin-1")
+
+
+def _edits(out: list, what: str, ops: HeaderOps, indent: str = "") -> None:
+    parts = [f"set {n}: {v}" for n, v in ops.set] + [f"add {n}: {v}" for n, v in ops.add]
+    parts += [f"remove {n}" for n in ops.remove]
+    if parts:
+        out.append(f"{indent}{what}: " + "; ".join(parts))
+
+
+def _describe_cluster(c: Optional[Cluster], name: str, snap: Snapshot) -> list[str]:
+    if c is None:
+        return [f"cluster   {name}: not defined (503 NC)"]
+    lines = [f"cluster   {c.name}"]
+    policy = c.lb_policy
+    if c.hash_policy is not None:
+        hp = c.hash_policy
+        key = (f"header {hp.header}" if hp.header else f"cookie {hp.cookie}" if hp.cookie
+               else "source IP" if hp.source_ip else f"query parameter {hp.query_param}")
+        policy += f" on {key}"
+    src = f" (DestinationRule {c.destination_rule})" if c.destination_rule else " (Istio's default)"
+    lines.append(f"  lb        {policy}{src}")
+    if c.resolution != "STATIC":
+        lines.append(f"  resolution {c.resolution}"
+                     + (": " + ", ".join(f"{h}:{p}" for h, p, _ in c.dns_hosts)
+                        if c.dns_hosts else ": the request's own authority"))
+    if not c.endpoints and c.resolution == "STATIC":
+        lines.append("  endpoints none: 503 UH (no healthy upstream)")
+        return lines
+    for e in c.endpoints:
+        extra = []
+        if e.weight != 1:
+            extra.append(f"weight {e.weight}")
+        if e.locality:
+            extra.append(f"locality {e.locality}")
+        if e.sidecar:
+            extra.append(f"sidecar (inbound port {e.port}, app port {e.target_port})")
+        if e.workload:
+            extra.append(f"workload {e.workload}")
+        labels = ",".join(f"{k}={v}" for k, v in sorted(e.labels.items())
+                          if not k.startswith("security.istio.io"))
+        if labels:
+            extra.append(labels)
+        lines.append(f"  endpoint  {e.address}:{e.port}" + ("  " + "  ".join(extra) if extra else ""))
+    return lines
+
+
+def _s(b) -> str:
+    if b is None:
+        return "-"
+    return b.decode("latin-1") if isinstance(b, (bytes, bytearray)) else str(b)
