@@ -164,8 +164,9 @@ class TrafficIndex:
             dr = self.destination_rule_for(host)
             known = [s["name"] for s in dr.spec.get("subsets", [])] if dr else []
             where = f"DestinationRule {dr.key}" if dr else "any DestinationRule"
+            hint = did_you_mean(dest["subset"], known) or (f" (defined: {', '.join(known)})" if known else "")
             issues.append(vs.issue(f"{path}.subset", f'subset "{dest["subset"]}" of {host} is not defined by {where}'
-                                   + did_you_mean(dest["subset"], known)))
+                                   + hint))
 
     def _check_destination_rule(self, dr: Resource, issues: list, warnings: list) -> None:
         full = resolve_host(dr.spec["host"], dr.namespace)
