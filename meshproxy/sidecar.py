@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from typing import Optional
 
@@ -19,6 +20,11 @@ from meshproxy import __version__
 from meshproxy.core import COMPILED, conn, counters, router
 
 log = logging.getLogger("meshproxy")
+
+#: How often DNS clusters are re-resolved (Envoy's default dns_refresh_rate), and how long the
+#: first resolution may hold up applying a snapshot.
+DNS_REFRESH = 5.0
+DNS_FIRST_TIMEOUT = 5.0
 
 
 class Sidecar:
@@ -42,6 +48,8 @@ class Sidecar:
         self.started = time.time()
         self._tick_handle = None
         self._closed = asyncio.Event()
+        self.dns_clusters: list = []
+        self._dns_task = None
 
     # -- snapshots -----------------------------------------------------------------------------
 
@@ -54,6 +62,7 @@ class Sidecar:
         b = snap.bootstrap
         access_log = self._access_log_for(b)
         clusters = {}
+        dns = []
         live = set()
         for c in snap.clusters:
             stats = self.cluster_stats.get(c.name)
@@ -71,8 +80,12 @@ class Sidecar:
                 live.add(key)
                 eps.append(ep)
             weights, priorities = locality_weights(c, snap.workload)
-            clusters[c.name] = conn.Cluster(c.name, eps, weights, stats, c, c.lb_policy,
-                                            c.hash_policy, priorities)
+            clusters[c.name] = conn.Cluster(
+                c.name, eps, weights, stats, c, c.lb_policy, c.hash_policy, priorities,
+                passthrough=c.resolution == "NONE" or c.lb_policy == "PASSTHROUGH",
+                default_port=c.port)
+            if c.resolution in ("DNS", "DNS_ROUND_ROBIN"):
+                dns.append(clusters[c.name])
         contexts = {}
         for lst in snap.listeners:
             stats = self.listener_stats.get(lst.name)
@@ -140,12 +153,58 @@ class Sidecar:
             self.bound[name] = addr
         self.clusters = clusters
         self.snapshot = snap
+        # DNS clusters: resolve now (bounded), then every DNS_REFRESH seconds off the hot path.
+        self.dns_clusters = dns
+        if dns:
+            await asyncio.wait([asyncio.ensure_future(self._resolve(c)) for c in dns],
+                               timeout=DNS_FIRST_TIMEOUT)
+            if self._dns_task is None:
+                self._dns_task = self.loop.create_task(self._dns_loop())
         # Endpoints no longer in any cluster: close their idle connections.
         for key in [k for k in self.endpoints if k not in live]:
             self.endpoints.pop(key).close_idle()
         if self.state == "PRE_INITIALIZING":
             self.state = "LIVE"
             self._tick()
+
+    async def _resolve(self, cluster) -> None:
+        """Resolve a DNS / DNS_ROUND_ROBIN cluster's hosts and install the addresses."""
+        info = cluster.info
+        eps, weights = [], []
+        for hostname, port, weight in info.dns_hosts:
+            try:
+                addrs = await self.loop.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError) as e:
+                log.warning("dns: cannot resolve %s for %s: %s", hostname, cluster.name, e)
+                continue
+            seen = []
+            for _family, _type, _proto, _canon, sa in addrs:
+                if sa[0] not in seen:
+                    seen.append(sa[0])
+            if info.resolution == "DNS_ROUND_ROBIN":
+                seen = seen[:1]  # Envoy's LOGICAL_DNS: one address for new connections
+            for a in seen:
+                key = (a, port)
+                ep = self.endpoints.get(key)
+                if ep is None:
+                    ep = self.endpoints[key] = conn.Endpoint(a, port)
+                ep.connect_timeout = info.connect_timeout
+                ep.idle_timeout = info.idle_timeout
+                ep.max_idle = info.max_idle_per_endpoint
+                eps.append(ep)
+                weights.append(max(1, weight))
+        old = [(e.address, e.port) for e in cluster.endpoints]
+        if [(e.address, e.port) for e in eps] != old:
+            if eps or not cluster.endpoints:
+                cluster.set_endpoints(eps, weights)
+                log.info("dns: %s -> %s", cluster.name,
+                         ", ".join(e.host for e in eps) or "(no addresses)")
+
+    async def _dns_loop(self) -> None:
+        while self.state != "DRAINING":
+            await asyncio.sleep(DNS_REFRESH)
+            for c in list(self.dns_clusters):
+                await self._resolve(c)
 
     def _access_log_for(self, b):
         key = (b.access_log_file, b.access_log_encoding, b.access_log_format)
@@ -196,6 +255,9 @@ class Sidecar:
             self.access_log.flush()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
+        if self._dns_task is not None:
+            self._dns_task.cancel()
+            self._dns_task = None
 
     # -- what the admin endpoints read (AdminProvider) -------------------------------------
 

@@ -46,6 +46,8 @@ cdef class Cluster:
     cdef public long epoch
     cdef public Endpoint single
     cdef public int priority
+    cdef public bint passthrough
+    cdef public int default_port
 
     @cython.locals(single=Endpoint, i=Py_ssize_t)
     cpdef Endpoint pick(self, object ds)

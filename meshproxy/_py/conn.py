@@ -173,8 +173,12 @@ class Cluster:
     """
 
     def __init__(self, name, endpoints, weights, stats, info=None, policy="ROUND_ROBIN",
-                 hash_policy=None, priorities=None):
+                 hash_policy=None, priorities=None, passthrough=False, default_port=80):
         self.name = name
+        # ServiceEntry resolution NONE / DestinationRule PASSTHROUGH: dial the request's own
+        # authority (explicit mode's equivalent of Envoy's original-destination cluster).
+        self.passthrough = passthrough
+        self.default_port = default_port
         self.endpoints = list(endpoints)
         self.weights = [w if w > 0 else 1 for w in weights]
         self.priorities = list(priorities) if priorities else [0] * len(self.endpoints)
@@ -188,6 +192,13 @@ class Cluster:
         self.picker = None
         self.single = None
         self.priority = 0
+        self.rebuild()
+
+    def set_endpoints(self, endpoints, weights, priorities=None):
+        """New membership (DNS re-resolution): rebuild the groups and the picker."""
+        self.endpoints = list(endpoints)
+        self.weights = [w if w > 0 else 1 for w in weights]
+        self.priorities = list(priorities) if priorities else [0] * len(self.endpoints)
         self.rebuild()
 
     def rebuild(self):
@@ -215,6 +226,8 @@ class Cluster:
     def pick(self, ds):
         """The endpoint for the next request (``ds``: the downstream, for hash keys and
         least-request accounting; None for mirrors), or None when the cluster has none."""
+        if self.passthrough:
+            return passthrough_endpoint(ds, self.default_port)
         if self.epoch != HEALTH_EPOCH[0]:
             self.rebuild()
         single = self.single
@@ -249,6 +262,38 @@ class Cluster:
 
 # Bumped whenever an endpoint's health changes; clusters rebuild their picker lazily.
 HEALTH_EPOCH = [0]
+
+# Endpoints made for passthrough clusters, by (host, port); bounded (oldest dropped first).
+PASSTHROUGH = {}
+PASSTHROUGH_MAX = 4096
+
+
+def passthrough_endpoint(ds, default_port):
+    """The endpoint named by the request's own authority (``host[:port]``), or None."""
+    if ds is None:
+        return None
+    host = ds.parser.host
+    if not host:
+        return None
+    name = host
+    port = default_port
+    colon = host.rfind(b":")
+    if colon > 0 and b"]" not in host[colon:]:
+        name = host[:colon]
+        try:
+            port = int(host[colon + 1:])
+        except ValueError:
+            return None
+    if name.startswith(b"[") and name.endswith(b"]"):
+        name = name[1:-1]
+    key = (name, port)
+    ep = PASSTHROUGH.get(key)
+    if ep is None:
+        if len(PASSTHROUGH) >= PASSTHROUGH_MAX:
+            old = next(iter(PASSTHROUGH))
+            PASSTHROUGH.pop(old).close_idle()
+        ep = PASSTHROUGH[key] = Endpoint(name.decode("idna", "replace"), port)
+    return ep
 
 
 def mark_unhealthy(ep, seconds):
