@@ -17,6 +17,9 @@ from procs import Managed, free_port, free_ports, http_get, wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+#: the meshproxy source tree under test: MESHPROXY_SRC (e.g. a clean `git worktree` of a commit,
+#: extensions built in place) or this checkout
+SRC = os.path.abspath(os.environ.get("MESHPROXY_SRC") or REPO)
 MESH_HOST = "origin.default.svc.cluster.local"
 
 
@@ -152,7 +155,7 @@ class Meshproxy(Contender):
         env.pop("MESHPROXY_NO_EXTENSIONS", None)
         if meshproxy_command()[1:2] == ["-m"]:
             # not installed as a console script: run it from the source tree
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, env.get("PYTHONPATH")]))
         if self.no_extensions:
             env["MESHPROXY_NO_EXTENSIONS"] = "1"
         return env
@@ -162,7 +165,7 @@ class Meshproxy(Contender):
         try:
             r = subprocess.run([_python_of(cmd), "-c",
                                 "import meshproxy.core as c; print(c.COMPILED)"],
-                               capture_output=True, text=True, timeout=30, env=self.env(), cwd=REPO)
+                               capture_output=True, text=True, timeout=30, env=self.env(), cwd=SRC)
             self.info["compiled"] = r.stdout.strip() if r.returncode == 0 else None
             if r.returncode != 0:
                 self.info["compiled_probe_error"] = r.stderr.strip()[-300:]

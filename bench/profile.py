@@ -31,7 +31,7 @@ import zlib
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from contenders import REPO, Meshproxy, StartError  # noqa: E402
+from contenders import SRC, Meshproxy, StartError  # noqa: E402
 from origin import Origin, ensure_python, ensure_tools, which  # noqa: E402
 
 
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
         log("# perf not found (apt-get install linux-perf); skipping the native profile")
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=REPO).stdout.strip() or "nogit"
+                            text=True, cwd=SRC).stdout.strip() or "nogit"
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
     os.makedirs(a.results_dir, exist_ok=True)
     base = os.path.join(a.results_dir, f"{stamp}-{commit}")

@@ -30,7 +30,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from contenders import CONTENDERS, DEFAULT_ORDER, EXTRA, REPO, StartError  # noqa: E402
+from contenders import CONTENDERS, DEFAULT_ORDER, EXTRA, REPO, SRC, StartError  # noqa: E402
 from measure import run_wrk  # noqa: E402
 from origin import BODY_SIZE, Origin, ensure_python, ensure_tools  # noqa: E402
 from procs import raise_nofile  # noqa: E402
@@ -119,7 +119,7 @@ def _raise_interrupt(signum, frame):
 
 def _cmd_out(argv: list[str]) -> str:
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=20, cwd=REPO)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=20, cwd=SRC)
         return (r.stdout + r.stderr).strip()
     except (OSError, subprocess.TimeoutExpired):
         return ""
@@ -131,6 +131,7 @@ def environment(tools: dict[str, str]) -> dict:
     return {
         "commit": commit,
         "commit_full": _cmd_out(["git", "rev-parse", "HEAD"]),
+        "source_tree": SRC,
         "dirty": dirty,
         "host": platform.node(),
         "kernel": platform.release(),
