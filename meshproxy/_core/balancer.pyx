@@ -708,3 +708,44 @@ def make_picker(policy, weights, **options):
     elif names is not None and len(names) != len(weights):
         raise ValueError(f"names has {len(names)} entries for {len(weights)} endpoints")
     return cls(weights, **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark helper (bench/test_balancer_micro.py): `count` picks in a C loop, each a direct C call
+# of the typed cpdef pick, as the compiled engine makes it. Not part of the API.
+# ---------------------------------------------------------------------------------------------
+
+def _pick_loop(picker, Py_ssize_t count, keys=None):
+    """Sum of ``count`` picks (hashing pickers take ``keys``, an ``array('Q')`` of length count)."""
+    cdef Py_ssize_t i, acc = 0
+    cdef const uint64_t[::1] kv
+    cdef RoundRobinPicker rr
+    cdef RandomPicker rp
+    cdef LeastRequestPicker lr
+    cdef RingHashPicker rh
+    cdef MaglevPicker mg
+    if isinstance(picker, RingHashPicker):
+        rh = picker
+        kv = keys
+        for i in range(count):
+            acc += rh.pick(kv[i])
+    elif isinstance(picker, MaglevPicker):
+        mg = picker
+        kv = keys
+        for i in range(count):
+            acc += mg.pick(kv[i])
+    elif isinstance(picker, RoundRobinPicker):
+        rr = picker
+        for i in range(count):
+            acc += rr.pick()
+    elif isinstance(picker, RandomPicker):
+        rp = picker
+        for i in range(count):
+            acc += rp.pick()
+    elif isinstance(picker, LeastRequestPicker):
+        lr = picker
+        for i in range(count):
+            acc += lr.pick()
+    else:
+        raise TypeError(f"not a picker: {picker!r}")
+    return acc

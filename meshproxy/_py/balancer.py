@@ -469,3 +469,17 @@ def make_picker(policy, weights, **options):
     elif names is not None and len(names) != len(weights):
         raise ValueError(f"names has {len(names)} entries for {len(weights)} endpoints")
     return cls(weights, **options)
+
+
+# Benchmark helper (bench/test_balancer_micro.py), twin of the compiled one. Not part of the API.
+def _pick_loop(picker, count, keys=None):
+    """Sum of ``count`` picks (hashing pickers take ``keys``, a sequence of length count)."""
+    pick = picker.pick
+    acc = 0
+    if isinstance(picker, (RingHashPicker, MaglevPicker)):
+        for i in range(count):
+            acc += pick(keys[i])
+        return acc
+    for _ in range(count):
+        acc += pick()
+    return acc
