@@ -8,6 +8,8 @@ from meshproxy._core.counters cimport ClusterStats as CClusterStats
 from meshproxy._core.http1 cimport ChunkedFramer as CChunkedFramer
 from meshproxy._core.http1 cimport RequestParser as CRequestParser
 from meshproxy._core.http1 cimport ResponseParser as CResponseParser
+from meshproxy._core.router cimport RequestView as CRequestView
+from meshproxy._core.router cimport RouteEntry as CRouteEntry
 
 cdef int ST_HEAD, ST_BODY, ST_WAIT, ST_TUNNEL, ST_CLOSED
 cdef int PAUSE_UPSTREAM_FULL, PAUSE_PIPELINE, PAUSE_CONNECTING
@@ -91,6 +93,8 @@ cdef class DownstreamProtocol:
     cdef public bytes xf_lines
     cdef public object peer
     cdef public object sockname
+    cdef public int local_port
+    cdef public CRequestView view
     cdef public ProxyContext ctx
     cdef public Cluster cluster
     cdef public Endpoint endpoint
@@ -103,6 +107,7 @@ cdef class DownstreamProtocol:
     cdef public long long bytes_rx, bytes_tx
     cdef public str flags
     cdef public int last_status
+    cdef public bint peer_eof
     cdef public object resp_edit
     cdef public list mirrors
     cdef public object lr_picker
@@ -115,7 +120,8 @@ cdef class DownstreamProtocol:
     cpdef _process(self)
     @cython.locals(ctx=ProxyContext, cluster=Cluster, ep=Endpoint, up=UpstreamProtocol,
                    has_body=bint, extra=bytes, head=bytes, p=CRequestParser,
-                   framer=CChunkedFramer, delay=double)
+                   framer=CChunkedFramer, delay=double, req=CRequestView, entry=CRouteEntry,
+                   dest=tuple)
     cpdef _on_head(self)
     @cython.locals(k=Py_ssize_t, done=bint, framer=CChunkedFramer)
     cpdef _forward_request_body(self, object buf, Py_ssize_t pos, Py_ssize_t end)
@@ -153,7 +159,7 @@ cdef class UpstreamProtocol:
     cdef public CChunkedFramer framer
     cdef public object buf
     cdef public Py_ssize_t pos
-    cdef public bint closed, reused, got_bytes, in_head, keep_alive, tunnel
+    cdef public bint closed, reused, got_bytes, in_head, keep_alive, tunnel, peer_eof
     cdef public double idle_since
     cdef public int framing
     cdef public long long remaining

@@ -811,12 +811,14 @@ cdef class RequestParser(_HeadParser):
     def path(self):
         if not self._complete:
             return None
+        self._begin(self._buf)
         if self.absolute:
             if self._path_start == self._t_end:
                 return b"/"
-            if self._buf[self._path_start] != 47:  # '?' or '#': origin-form needs a leading /
-                return b"/" + bytes(self._buf[self._path_start:self._t_end])
-        return bytes(self._buf[self._path_start:self._t_end])
+            if self._p[self._path_start] != b'/':  # '?' or '#': origin-form needs a leading /
+                return b"/" + PyBytes_FromStringAndSize(self._p + self._path_start,
+                                                        self._t_end - self._path_start)
+        return PyBytes_FromStringAndSize(self._p + self._path_start, self._t_end - self._path_start)
 
     cpdef bytes serialize(self, bytes extra=b"", object path=None, tuple drop=None):
         cdef Py_ssize_t mlen, plen, size, elen = len(extra)

@@ -5,6 +5,7 @@ cimport cython
 from meshproxy._core.http1 cimport RequestParser as CRequestParser
 
 cdef int M_EXACT, M_PREFIX, M_REGEX
+cdef object _MISSING
 
 
 @cython.final
@@ -25,11 +26,14 @@ cdef class RequestView:
     cdef public int port
     cdef bytes _path, _path_lower, _uri
     cdef dict _query, _headers
+    cdef public object block
 
+    cpdef reset(self, CRequestParser parser)
     cpdef bytes path(self)
     @cython.locals(path=bytes, q=Py_ssize_t, u=bytes)
     cpdef bytes uri(self)
     cpdef bytes uri_lower(self)
+    @cython.locals(cache=dict)
     cpdef object header(self, bytes name)
     cpdef object query(self, bytes name)
 
@@ -41,6 +45,8 @@ cdef class MatchBlock:
     cdef public Matcher method, authority, scheme, uri
     cdef public list headers, query
     cdef public Py_ssize_t uri_prefix_len
+    cdef public bytes only_prefix
+    cdef public long long need_mask
 
     @cython.locals(uri=Matcher, matcher=Matcher, name=bytes, invert=bint)
     cpdef bint matches(self, RequestView req)
@@ -68,13 +74,20 @@ cdef class RouteEntry:
 
     @cython.locals(b=MatchBlock)
     cpdef object first_match(self, RequestView req)
-    cpdef object pick_destination(self, double r)
+    cpdef tuple pick(self)
+    @cython.locals(acc=long, x=double)
+    cpdef tuple pick_destination(self, double r)
+    cpdef object rewritten_path(self, RequestView req, object block)
 
 
 @cython.final
 cdef class RouteTable:
     cdef public str name
     cdef public list entries
+    cdef public list header_bits
 
     @cython.locals(e=RouteEntry)
     cpdef tuple match(self, RequestView req)
+    @cython.locals(e=RouteEntry, b=MatchBlock, have="long long", bit="long long", name=bytes,
+                   uri=bytes, prefix=bytes)
+    cpdef RouteEntry find(self, RequestView req)

@@ -38,12 +38,12 @@ from random import random as _random
 from time import monotonic as _monotonic
 
 if __name__.startswith("meshproxy._core"):
-    from meshproxy._core.router import HeaderEdit, RequestView
+    from meshproxy._core.router import HeaderEdit, RequestView, RouteEntry
     from meshproxy._core.balancer import RoundRobinPicker
     from meshproxy._core.counters import ClusterStats
     from meshproxy._core.http1 import ChunkedFramer, RequestParser, ResponseParser, request_id
 else:
-    from meshproxy._py.router import HeaderEdit, RequestView
+    from meshproxy._py.router import HeaderEdit, RequestView, RouteEntry
     from meshproxy._py.balancer import RoundRobinPicker
     from meshproxy._py.counters import ClusterStats
     from meshproxy._py.http1 import ChunkedFramer, RequestParser, ResponseParser, request_id
@@ -476,6 +476,8 @@ class DownstreamProtocol:
         self.xf_lines = b""
         self.peer = None
         self.sockname = None
+        self.local_port = 0
+        self.view = None  # router.RequestView, reused per request when a VirtualService applies
         # the request in flight
         self.ctx = None
         self.cluster = None
@@ -495,6 +497,7 @@ class DownstreamProtocol:
         self.flags = ""
         self.upgrading = False
         self.last_status = 0
+        self.peer_eof = False  # tunnel: the client has sent EOF
         # traffic management (only set when a VirtualService / policy asks for it)
         self.resp_edit = None
         self.mirrors = None
@@ -514,6 +517,7 @@ class DownstreamProtocol:
         peer = transport.get_extra_info("peername")
         self.peer = peer
         self.sockname = transport.get_extra_info("sockname")
+        self.local_port = self.sockname[1] if self.sockname else 0
         host = peer[0] if peer else "unknown"
         self.client_addr = host.encode()
         self.xf_lines = b"x-forwarded-proto: http\r\nx-forwarded-for: " + self.client_addr + b"\r\n"
@@ -550,6 +554,15 @@ class DownstreamProtocol:
             self._close()
             return False
         if self.state == ST_TUNNEL and self.upstream is not None and self.upstream.transport:
+            up = self.upstream
+            self.peer_eof = True
+            if up.peer_eof:
+                # Both ends have sent EOF: the tunnel is over. Returning True here kept both
+                # half-closed transports open for ever (every finished WebSocket leaked two fds).
+                up.downstream = None
+                up.close()
+                self.upstream_lost(up, True)
+                return False
             try:
                 self.upstream.transport.write_eof()
             except (OSError, RuntimeError, AttributeError):
@@ -676,8 +689,12 @@ class DownstreamProtocol:
                     cluster = table
                 else:
                     # A VirtualService applies: match, then act (router.py).
-                    req = RequestView(p, b"http", self.sockname[1] if self.sockname else 0)
-                    entry, block = table.match(req)
+                    req = self.view
+                    if req is None:
+                        req = self.view = RequestView(p, b"http", self.local_port)
+                    else:
+                        req.reset(p)
+                    entry = table.find(req)
                     if entry is None:
                         self.cluster = None
                         self._local(404, b"", "NR", has_body)
@@ -700,11 +717,12 @@ class DownstreamProtocol:
                         self._local(entry.redirect.code, b"", "-", has_body,
                                     b"location: " + _location(entry.redirect, req) + b"\r\n")
                         return
-                    dest = entry.pick_destination(_random())
+                    dest = entry.pick()
                     cluster = dest[0]
                     edit = dest[2]
                     self.resp_edit = dest[3]
-                    path = entry.rewritten_path(req, block)
+                    if entry.rewrite is not None:
+                        path = entry.rewritten_path(req, req.block)
                     if entry.rewrite_authority is not None:
                         edit = HeaderEdit.merge(edit, _authority_edit(entry.rewrite_authority))
                     if cluster is None:
@@ -1192,6 +1210,7 @@ class UpstreamProtocol:
         self.status = 0
         self.paused = 0
         self.tunnel = False
+        self.peer_eof = False  # tunnel: the upstream has sent EOF
 
     async def connect(self):
         ep = self.endpoint
@@ -1420,6 +1439,13 @@ class UpstreamProtocol:
     def eof_received(self):
         ds = self.downstream
         if ds is not None and self.tunnel:
+            self.peer_eof = True
+            if ds.peer_eof:
+                # Both ends have sent EOF: close the tunnel (see DownstreamProtocol.eof_received).
+                self.downstream = None
+                self.close()
+                ds.upstream_lost(self, True)
+                return False
             try:
                 ds.transport.write_eof()
             except (OSError, RuntimeError, AttributeError):

@@ -21,12 +21,14 @@ cheapest first inside a block (method, authority, uri, headers, query), and rege
 at config time (RE2 syntax, validated by control; full-match semantics as in Envoy).
 """
 import re
+from random import random as _random
 
 M_EXACT = 0
 M_PREFIX = 1
 M_REGEX = 2
 
 _KINDS = {"exact": M_EXACT, "prefix": M_PREFIX, "regex": M_REGEX}
+_MISSING = object()
 
 
 class Matcher:
@@ -67,6 +69,17 @@ class RequestView:
         self._uri = None
         self._query = None
         self._headers = None
+        self.block = None  # set by RouteTable.find: the MatchBlock that matched (True: match-all)
+
+    def reset(self, parser):
+        """Reuse this view for the next request on the same connection."""
+        self.parser = parser
+        self._path = None
+        self._path_lower = None
+        self._uri = None
+        self._query = None
+        self._headers = None
+        self.block = None
 
     def path(self):
         """The path and query as sent (origin form)."""
@@ -95,8 +108,10 @@ class RequestView:
         cache = self._headers
         if cache is None:
             cache = self._headers = {}
-        elif name in cache:
-            return cache[name]
+        else:
+            v = cache.get(name, _MISSING)
+            if v is not _MISSING:
+                return v
         if name == b"host" or name == b":authority":
             v = self.parser.host
         elif name == b":method":
@@ -159,6 +174,14 @@ class MatchBlock:
                       for q in m.query_params]
         self.uri_prefix_len = len(m.uri.value.encode()) \
             if m.uri is not None and m.uri.kind == "prefix" else -1
+        # Fast paths for RouteTable.find: a block that is only a case-sensitive uri prefix is
+        # tested inline; ``need_mask`` has a bit per header this block requires to be present,
+        # so a request lacking one skips the block with one AND (bits set by RouteTable).
+        only = (self.uri is not None and self.uri.kind == M_PREFIX and not self.ignore_case
+                and self.method is None and self.authority is None and self.scheme is None
+                and not self.headers and not self.query)
+        self.only_prefix = self.uri.value if only else None
+        self.need_mask = 0
 
     def matches(self, req):
         if self.method is not None and not self.method.test(req.parser.method):
@@ -299,6 +322,13 @@ class RouteEntry:
                 return b
         return None
 
+    def pick(self):
+        """The destination tuple for this request (weighted random when several)."""
+        dests = self.destinations
+        if len(dests) == 1:
+            return dests[0]
+        return self.pick_destination(_random())
+
     def pick_destination(self, r):
         """The destination tuple for a uniform random number ``r`` in [0, 1)."""
         dests = self.destinations
@@ -336,14 +366,54 @@ class RouteTable:
     def __init__(self, name, routes, clusters):
         self.name = name
         self.entries = [RouteEntry(r, clusters) for r in routes]
+        bits = {}
+        for e in self.entries:
+            for blk in e.blocks:
+                for hname, _matcher, invert in blk.headers:
+                    if invert:
+                        continue
+                    if hname not in bits and len(bits) < 62:
+                        bits[hname] = 1 << len(bits)
+                    blk.need_mask |= bits.get(hname, 0)
+        self.header_bits = list(bits.items())
 
     def match(self, req):
         """(entry, block) for the first matching route, or (None, None): 404 NR."""
+        e = self.find(req)
+        return e, req.block
+
+    def find(self, req):
+        """The first matching route (``req.block`` tells which match block), or None: 404 NR.
+
+        The data plane's per-request call: no tuple, no intermediate call per route.
+        """
+        have = -1
+        if self.header_bits:
+            have = 0
+            for name, bit in self.header_bits:
+                if req.header(name) is not None:
+                    have |= bit
+        uri = None
         for e in self.entries:
-            b = e.first_match(req)
-            if b is not None:
-                return e, b
-        return None, None
+            if e.match_all:
+                req.block = True
+                return e
+            for b in e.blocks:
+                if b.need_mask & ~have:
+                    continue
+                prefix = b.only_prefix
+                if prefix is not None:
+                    if uri is None:
+                        uri = req.uri()
+                    if uri.startswith(prefix):
+                        req.block = b
+                        return e
+                    continue
+                if b.matches(req):
+                    req.block = b
+                    return e
+        req.block = None
+        return None
 
     def explain(self, req):
         """Every route in order with why it did not match; stops at the first that does."""
