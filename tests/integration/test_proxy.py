@@ -5,6 +5,7 @@ import os
 import re
 import socket
 import struct
+import time
 import uuid
 
 import pytest
@@ -288,3 +289,23 @@ def test_websocket_echo(sidecar, echo):
     assert c.is_closed(), "close frame echoed, then both sides close"
     c.close()
     assert echo.stats()["requests"] == 1
+    # the finished tunnel must not leave connections open in the sidecar
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        active = _cx_active(sidecar)
+        if active == {"downstream": 0, "upstream": 0}:
+            break
+        time.sleep(0.05)
+    assert active == {"downstream": 0, "upstream": 0}, active
+
+
+def _cx_active(s):
+    st, body = s.admin_get("/stats")
+    out = {}
+    for line in body.decode().splitlines():
+        name, _, v = line.rpartition(": ")
+        if name.endswith(".downstream_cx_active"):
+            out["downstream"] = out.get("downstream", 0) + int(v)
+        elif name.endswith(".upstream_cx_active"):
+            out["upstream"] = out.get("upstream", 0) + int(v)
+    return out
