@@ -64,3 +64,16 @@ def make_sidecar(impl, tmp_path, request):
 @pytest.fixture
 def sidecar(make_sidecar, echo):
     return make_sidecar()
+
+
+@pytest.fixture(scope="module", params=["c", "py"])
+def shared_sidecar(request, backend, tmp_path_factory):
+    """One sidecar (per impl) for a whole module of independent requests (e.g. the smuggling
+    vectors): saves a process start per test. Its upstream pool persists between tests."""
+    s = Sidecar(tmp_path_factory.mktemp("shared"), request.param, [echo_entry(backend)],
+                name="shared")
+    s.start()
+    yield s
+    code = s.stop()
+    print(f"----- {s.name} ({s.impl}) log -----\n{s.log()}")
+    assert code == 0, f"shared sidecar exited with {code} after SIGTERM"

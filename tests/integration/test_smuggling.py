@@ -66,7 +66,8 @@ def _assert_refused(s, data, status, backend):
 
 
 @pytest.mark.parametrize("vid,data,status", VECTORS, ids=[v[0] for v in VECTORS])
-def test_smuggling_vector_refused(sidecar, echo, vid, data, status):
+def test_smuggling_vector_refused(shared_sidecar, echo, vid, data, status):
+    sidecar = shared_sidecar
     _assert_refused(sidecar, data, status, echo)
     # and the sidecar goes on serving
     assert sidecar.request()[0] == 200
@@ -93,7 +94,8 @@ def test_smuggling_vectors_after_good_request_on_same_connection(sidecar, echo):
                                        b"5\r\nhelloXX", b"11111111111111111\r\n"],
                          ids=["non-hex", "negative", "lead-space", "trail-space", "bare-lf",
                               "no-crlf-after-data", "too-long"])
-def test_bad_chunk_size_not_forwarded(sidecar, echo, bad_chunk):
+def test_bad_chunk_size_not_forwarded(shared_sidecar, echo, bad_chunk):
+    sidecar = shared_sidecar
     c = RawConn("127.0.0.1", sidecar.outbound)
     c.send(b"POST /chunky HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\n"
            + bad_chunk + b"0\r\n\r\n")
