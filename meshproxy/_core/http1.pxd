@@ -83,6 +83,8 @@ cdef class _HeadParser:
     cdef int _begin(self, object buf) except -1
     cdef Py_ssize_t _parse(self, object buf, Py_ssize_t start) except -1
     cdef Py_ssize_t _kept_size(self) noexcept
+    cpdef bint has(self, bytes name)
+    cpdef object get_all(self, bytes name)
     cdef char *_copy_kept(self, char *o) noexcept
     cdef int _mark_skip(self, tuple drop) except -1
     cdef void _clear_skip(self) noexcept
@@ -110,6 +112,7 @@ cdef class RequestParser(_HeadParser):
 
     cpdef Py_ssize_t parse(self, object buf, Py_ssize_t start=*) except -1
     cpdef bytes serialize(self, bytes extra=*, object path=*, tuple drop=*)
+    cpdef bytes uri(self)
     cdef int _target_form(self) except -1
 
 

@@ -134,6 +134,12 @@ class RequestParser:
     def get(self, name: bytes) -> Optional[bytes]:
         """The value of the first header named ``name`` (lowercase, ASCII), or None (cold path)."""
 
+    def has(self, name: bytes) -> bool:
+        """Whether a header named ``name`` (lowercase) is present (allocates nothing)."""
+
+    def uri(self) -> bytes:
+        """The path to forward without its query string (Istio's ``uri`` match target)."""
+
     def get_all(self, name: bytes) -> Optional[bytes]:
         """Every value of header ``name`` joined with ``b","`` (as Envoy matches headers), or None."""
 

@@ -536,7 +536,21 @@ cdef class _HeadParser:
                 return bytes(b[h.value_start:h.value_end])
         return None
 
-    def get_all(self, name):
+    cpdef bint has(self, bytes name):
+        """Whether a header named ``name`` (lowercase) is present; allocates nothing."""
+        cdef Py_ssize_t i
+        cdef HeaderLine *h
+        if not self._complete:
+            return False
+        self._begin(self._buf)
+        for i in range(self._nhdrs):
+            h = &self._hdrs[i]
+            if _ieq(self._p + h.line_start, h.name_end - h.line_start,
+                    PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name)):
+                return True
+        return False
+
+    cpdef object get_all(self, bytes name):
         cdef Py_ssize_t i
         cdef HeaderLine *h
         cdef bytes lname = name
@@ -819,6 +833,24 @@ cdef class RequestParser(_HeadParser):
                 return b"/" + PyBytes_FromStringAndSize(self._p + self._path_start,
                                                         self._t_end - self._path_start)
         return PyBytes_FromStringAndSize(self._p + self._path_start, self._t_end - self._path_start)
+
+    cpdef bytes uri(self):
+        """The path without its query string (what Istio's ``uri`` match sees)."""
+        cdef const char *q
+        cdef Py_ssize_t s, e
+        if not self._complete:
+            return None
+        if self.absolute or self._asterisk or self._connect:
+            path = self.path
+            i = path.find(b"?")
+            return path if i < 0 else path[:i]
+        self._begin(self._buf)
+        s = self._path_start
+        e = self._t_end
+        q = <const char *>memchr(self._p + s, b'?', e - s)
+        if q is not NULL:
+            e = q - self._p
+        return PyBytes_FromStringAndSize(self._p + s, e - s)
 
     cpdef bytes serialize(self, bytes extra=b"", object path=None, tuple drop=None):
         cdef Py_ssize_t mlen, plen, size, elen = len(extra)

@@ -30,7 +30,7 @@ cdef class RequestView:
 
     cpdef reset(self, CRequestParser parser)
     cpdef bytes path(self)
-    @cython.locals(path=bytes, q=Py_ssize_t, u=bytes)
+    @cython.locals(u=bytes)
     cpdef bytes uri(self)
     cpdef bytes uri_lower(self)
     @cython.locals(cache=dict)
@@ -89,5 +89,5 @@ cdef class RouteTable:
     @cython.locals(e=RouteEntry)
     cpdef tuple match(self, RequestView req)
     @cython.locals(e=RouteEntry, b=MatchBlock, have="long long", bit="long long", name=bytes,
-                   uri=bytes, prefix=bytes)
+                   uri=bytes, prefix=bytes, parser=CRequestParser)
     cpdef RouteEntry find(self, RequestView req)

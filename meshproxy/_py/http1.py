@@ -439,6 +439,9 @@ class _HeadParser:
                 return bytes(buf[vs:ve])
         return None
 
+    def has(self, name):
+        return any(lname == name for _, _, _, _, _, lname in self._lines)
+
     def get_all(self, name):
         buf = self._buf
         vals = [bytes(buf[vs:ve]) for _, _, _, vs, ve, lname in self._lines if lname == name]
@@ -683,6 +686,11 @@ class RequestParser(_HeadParser):
                 xff.append(bytes(buf[vs:ve]))
         self.request_id = rid
         self.forwarded_for = b", ".join(xff) if xff else None
+
+    def uri(self):
+        path = self.path
+        i = path.find(b"?")
+        return path if i < 0 else path[:i]
 
     def serialize(self, extra=b"", path=None, drop=None):
         out = [

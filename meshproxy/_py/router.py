@@ -92,9 +92,7 @@ class RequestView:
         """Istio's ``uri`` match target: the path without the query string."""
         u = self._uri
         if u is None:
-            path = self.path()
-            q = path.find(b"?")
-            u = self._uri = path if q < 0 else path[:q]
+            u = self._uri = self.parser.uri()
         return u
 
     def uri_lower(self):
@@ -390,8 +388,9 @@ class RouteTable:
         have = -1
         if self.header_bits:
             have = 0
+            parser = req.parser
             for name, bit in self.header_bits:
-                if req.header(name) is not None:
+                if parser.has(name):
                     have |= bit
         uri = None
         for e in self.entries:
