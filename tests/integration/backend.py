@@ -16,6 +16,7 @@ Data port (HTTP/1.1, parsed by hand so framing is seen exactly as the sidecar se
     /http10             an HTTP/1.0 response delimited by close
     /bad-framing        a response with Content-Length and Transfer-Encoding
     /bad-chunks         a chunked response with a bad chunk size after the first chunk
+    /resp-close         a response with Connection: close, then close
     HEAD anything       Content-Length: 12345 and no body
     /delay/<seconds>    sleep, then echo
     anything else       echo as JSON: method, target, version, headers (names as received),
@@ -268,6 +269,11 @@ async def handle(reader, writer):
                              b"3\r\nabc\r\nZZ\r\n")
                 await writer.drain()
                 await asyncio.sleep(0.5)
+                writer.close()
+                return
+            elif target == "/resp-close":
+                writer.write(response(200, b"closing", "text/plain", close=True))
+                await writer.drain()
                 writer.close()
                 return
             elif method == "HEAD":

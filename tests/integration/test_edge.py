@@ -204,3 +204,39 @@ def test_chunked_upload_with_expect_continue(sidecar, echo):
     d = json.loads(c.read_response()[2])
     assert d["body"] == "abc"
     c.close()
+
+
+def test_upstream_connection_close_keeps_client_alive(sidecar, echo):
+    c = RawConn("127.0.0.1", sidecar.outbound)
+    for i in range(3):
+        c.send(b"GET /resp-close HTTP/1.1\r\nHost: echo\r\n\r\n")
+        st, headers, body, _ = c.read_response()
+        assert st == 200 and body == b"closing"
+        # Connection is hop-by-hop: the upstream's close is not the client's
+        assert not hdr(headers, "connection"), headers
+    c.send(b"GET /last HTTP/1.1\r\nHost: echo\r\n\r\n")
+    assert json.loads(c.read_response()[2])["target"] == "/last"
+    c.close()
+    assert echo.stats()["connections"] == 4
+
+
+def test_pipelined_after_connection_close_not_forwarded(sidecar, echo):
+    c = RawConn("127.0.0.1", sidecar.outbound)
+    c.send(b"GET /a HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n"
+           b"GET /b HTTP/1.1\r\nHost: echo\r\n\r\n")
+    st, _, body, _ = c.read_response()
+    assert st == 200 and json.loads(body)["target"] == "/a"
+    assert c.read_all() == b""
+    c.close()
+    assert echo.stats()["targets"] == ["/a"]
+
+
+def test_several_forwarded_for_headers_joined(sidecar, echo):
+    c = RawConn("127.0.0.1", sidecar.outbound)
+    c.send(b"GET / HTTP/1.1\r\nHost: echo\r\nX-Forwarded-For: 1.1.1.1\r\n"
+           b"X-Forwarded-For: 2.2.2.2, 3.3.3.3\r\nX-Forwarded-Proto: https\r\n\r\n")
+    d = json.loads(c.read_response()[2])
+    c.close()
+    xff = [v for k, v in d["headers"] if k.lower() == "x-forwarded-for"]
+    assert xff == ["1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.1"]
+    assert [v for k, v in d["headers"] if k.lower() == "x-forwarded-proto"] == ["http"]

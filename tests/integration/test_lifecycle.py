@@ -211,3 +211,72 @@ def test_concurrency_reload_reaches_every_worker(make_sidecar, echo):
     dump = json.loads(s.admin_get("/config_dump")[1])
     assert len({w["snapshot_version"] for w in dump["workers"]}) == 1
     assert dump["workers"][0]["snapshot_version"] == dump["snapshot"]["version"]
+
+
+def test_killed_worker_is_restarted(make_sidecar, echo):
+    s = make_sidecar(args=["--concurrency", "2"])
+    dump = json.loads(s.admin_get("/config_dump")[1])
+    old = [w["pid"] for w in dump["workers"]]
+    os.kill(old[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    new = old
+    while time.monotonic() < deadline:
+        new = [w["pid"] for w in json.loads(s.admin_get("/config_dump")[1])["workers"]]
+        if old[0] not in new and all(new):
+            break
+        time.sleep(0.1)
+    assert old[0] not in new and old[1] in new, (old, new)
+    s.wait_log(f"worker 0 (pid {old[0]}) exited")
+    time.sleep(0.5)  # the new worker applies the snapshot and binds
+    for i in range(20):
+        assert s.request(path=f"/after-kill/{i}")[0] == 200
+
+
+def test_reload_moves_outbound_port(sidecar, echo):
+    from harness import free_port
+    old_port = sidecar.outbound
+    assert sidecar.request()[0] == 200
+    sidecar.outbound = free_port()
+    mark = len(sidecar.log())
+    sidecar.write_config([echo_entry(echo)])
+    sidecar.signal(signal.SIGHUP)
+    sidecar.wait_log("reloaded snapshot", after=mark)
+    assert sidecar.request()[0] == 200
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", old_port), timeout=2).close()
+
+
+def test_reload_to_busy_port_keeps_old_listener(sidecar, echo):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        old_port = sidecar.outbound
+        sidecar.outbound = busy.getsockname()[1]
+        mark = len(sidecar.log())
+        sidecar.write_config([echo_entry(echo), echo_entry(echo, host=NEW, name="new")])
+        sidecar.signal(signal.SIGHUP)
+        sidecar.wait_log("reload rejected", after=mark)
+        sidecar.outbound = old_port
+        assert sidecar.request()[0] == 200
+        assert sidecar.request(host=NEW)[0] == 404  # nothing of the rejected config applied
+    finally:
+        busy.close()
+
+
+def test_ready_is_503_while_draining_and_quitquitquit(make_sidecar, echo):
+    s = make_sidecar(boot={"drainDuration": "2s"})
+    c = RawConn("127.0.0.1", s.outbound, timeout=10)
+    c.send(b"GET /delay/1.0 HTTP/1.1\r\nHost: echo\r\n\r\n")
+    deadline = time.monotonic() + 5
+    while echo.stats()["heads"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    conn = http.client.HTTPConnection("127.0.0.1", s.admin, timeout=5)
+    conn.request("POST", "/quitquitquit")
+    assert conn.getresponse().status == 200
+    conn.close()
+    time.sleep(0.2)
+    assert s.admin_get("/ready")[0] == 503
+    assert c.read_response()[0] == 200
+    c.close()
+    assert s.proc.wait(5) == 0
