@@ -523,7 +523,8 @@ def _find_workload(ref: str, entries: list, boot: Optional[Resource]):
 def _workload(r: Resource) -> Workload:
     return Workload(name=r.name, namespace=r.namespace, address=r.spec["address"],
                     labels=dict(r.spec.get("labels", {})), ports=dict(r.spec.get("ports", {})),
-                    service_account=r.spec.get("serviceAccount", ""))
+                    service_account=r.spec.get("serviceAccount", ""),
+                    locality=r.spec.get("locality", ""))
 
 
 def _is_extra_loopback(address: str) -> bool:

@@ -272,6 +272,7 @@ class Workload:
     labels: dict = field(default_factory=dict)
     ports: dict = field(default_factory=dict)  # port name -> application port
     service_account: str = ""
+    locality: str = ""  # "region/zone/subzone" (WorkloadEntry.locality)
 
 
 @dataclass(frozen=True)

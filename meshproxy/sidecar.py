@@ -275,7 +275,12 @@ class Sidecar:
             return out
         for c in snap.clusters:
             eps = []
-            for e in c.endpoints:
+            endpoints = c.endpoints
+            live = self.clusters.get(c.name)
+            if c.resolution in ("DNS", "DNS_ROUND_ROBIN") and live is not None:
+                # DNS clusters: the addresses resolved now, not the names in the config.
+                endpoints = [_Resolved(ep, c) for ep in live.endpoints]
+            for e in endpoints:
                 ep = self.endpoints.get((e.address, e.port))
                 eps.append({
                     "address": e.address, "port": e.port, "health": ep.health if ep else "UNKNOWN",
@@ -309,6 +314,19 @@ class Sidecar:
         }
 
 
+class _Resolved:
+    """A resolved DNS endpoint shown like a snapshot Endpoint in /clusters."""
+
+    def __init__(self, ep, c):
+        self.address = ep.address
+        self.port = ep.port
+        self.weight = 1
+        self.locality = ""
+        self.workload = ""
+        self.sidecar = False
+        self.hostname = ",".join(h for h, _, _ in c.dns_hosts)
+
+
 def locality_weights(c, workload):
     """Endpoint weights and priorities for a cluster, per Istio's locality load balancing.
 
@@ -323,8 +341,9 @@ def locality_weights(c, workload):
     lb = c.locality_lb
     if workload is None or lb is None or not lb.enabled:
         return weights, prios
-    mine = (workload.labels.get("topology.istio.io/locality") or "").replace(".", "/")
-    mine = getattr(workload, "locality", "") or mine
+    # The WorkloadEntry's locality, else Istio's topology.istio.io/locality label (dots).
+    mine = workload.locality or (
+        workload.labels.get("topology.istio.io/locality") or "").replace(".", "/")
     if not mine and not lb.failover_priority:
         return weights, prios
     if lb.distribute:

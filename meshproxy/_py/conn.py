@@ -292,7 +292,7 @@ def passthrough_endpoint(ds, default_port):
         if len(PASSTHROUGH) >= PASSTHROUGH_MAX:
             old = next(iter(PASSTHROUGH))
             PASSTHROUGH.pop(old).close_idle()
-        ep = PASSTHROUGH[key] = Endpoint(name.decode("idna", "replace"), port)
+        ep = PASSTHROUGH[key] = Endpoint(name.decode("latin-1"), port)
     return ep
 
 
@@ -702,7 +702,12 @@ class DownstreamProtocol:
                     fault = entry.fault
                     if fault is not None:
                         if fault.abort_status and _random() * 100.0 < fault.abort_percent:
-                            self.cluster = None
+                            # Counted on the route's destination, as Envoy's istio_requests_total
+                            # reports fault aborts (response_flags FI).
+                            dest = entry.pick()
+                            self.cluster = dest[0]
+                            if self.cluster is not None:
+                                self.cluster.stats.rq_start()
                             self._local(fault.abort_status, b"fault filter abort", "FI",
                                         has_body)
                             return
@@ -802,8 +807,14 @@ class DownstreamProtocol:
         """Fire-and-forget copies of this request to the route's mirror clusters."""
         p = self.parser
         host = p.host or b""
+        # Envoy appends -shadow to the host name, before any port: a:80 -> a-shadow:80.
+        colon = host.rfind(b":")
+        if colon > 0 and b"]" not in host[colon:]:
+            shadow = host[:colon] + b"-shadow" + host[colon:]
+        else:
+            shadow = host + b"-shadow"
         drop = (b"host",) + (edit.drop if edit is not None and edit.drop else ())
-        extra = self.xf_lines + b"host: " + host + b"-shadow\r\nconnection: close\r\n"
+        extra = self.xf_lines + b"host: " + shadow + b"\r\nconnection: close\r\n"
         if edit is not None:
             extra = extra + edit.extra
         for cluster, percent, _ in entry.mirrors:

@@ -240,10 +240,6 @@ def _prom_requests(s):
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="fault-aborted requests are counted on the listener only "
-                   "(conn._on_head sets self.cluster = None before _local), so "
-                   "istio_requests_total never shows response_flags FI / the 503s of the "
-                   "route's destination service")
 def test_fault_abort_istio_requests_total_fi(make_sidecar, backends):
     s = start(make_sidecar, backends, _abort_vs())
     c = Client(s)
@@ -319,9 +315,6 @@ def test_mirror_receives_copies_with_shadow_host_and_body(make_sidecar, backends
         assert [v for k, v in r["headers"] if k.lower() == "host"] == [SVC]
 
 
-@pytest.mark.xfail(strict=True, reason="mirror Host with a port: Envoy makes "
-                   "'svc...local-shadow:80' (the suffix goes on the host name); meshproxy sends "
-                   "'svc...local:80-shadow', which is not even a valid authority")
 def test_mirror_shadow_host_keeps_port(make_sidecar, backends):
     s = start(make_sidecar, backends, _mirror_vs("mirror"))
     assert Client(s).served_by("/p", host=SVC + ":80") == "v1"
@@ -729,10 +722,6 @@ def test_locality_failover_topology_label(make_sidecar, impl):
 
 
 @pytest.mark.parametrize("impl", ["c"])
-@pytest.mark.xfail(strict=True, reason="the sidecar's own WorkloadEntry `locality` is ignored: "
-                   "control.snapshot.Workload has no locality field, so "
-                   "sidecar.locality_weights finds no locality (only the "
-                   "topology.istio.io/locality label works) and spreads over every region")
 def test_locality_failover_workload_entry_locality(make_sidecar, impl):
     _run_locality(make_sidecar, "field")
 
@@ -753,9 +742,6 @@ def test_service_entry_dns_localhost(make_sidecar, echo):
     assert echo.stats()["requests"] == 20
 
 
-@pytest.mark.xfail(strict=True, reason="admin /clusters lists a DNS cluster's endpoints from the "
-                   "snapshot (none for resolution DNS) instead of the resolved addresses the "
-                   "data plane uses (sidecar.cluster_infos), so host_statuses is []")
 def test_service_entry_dns_resolved_endpoints_in_admin(make_sidecar, echo):
     s = make_sidecar([doc("ServiceEntry", "dns", {
         "hosts": ["dns.example.com"], "resolution": "DNS",
@@ -767,10 +753,6 @@ def test_service_entry_dns_resolved_endpoints_in_admin(make_sidecar, echo):
     assert b"127.0.0.1" in body, body
 
 
-@pytest.mark.xfail(strict=True, reason="resolution NONE is broken: conn.passthrough_endpoint does "
-                   "name.decode('idna', 'replace') and Python's idna codec rejects the 'replace' "
-                   "error handler (UnicodeError), so every request's connection is dropped with "
-                   "no response")
 @pytest.mark.parametrize("se_host,req_host", [
     ("localhost", "localhost:{port}"),
     ("*.0.0.1", "127.0.0.1:{port}"),
