@@ -50,7 +50,7 @@ def write_plots(base: str, rows, samples: list[dict], latency: dict | None) -> l
             if good:
                 data[name] = [sorted(s["latency_ms"][p] for s in good)[len(good) // 2] for p in PCTS]
         panels.append((f"wrk closed loop, {c50} connections (saturation)", PCTS, data))
-    if latency:
+    if latency and "paths" in latency["result"]:
         data = {}
         for name, row in latency["result"]["paths"].items():
             if row.get("rounds"):

@@ -313,9 +313,6 @@ def main(argv=None) -> int:
     md = md.replace("### Throughput", "### Targets and CI gates\n\n" + checks_md
                     + "\n\n### Throughput", 1)
     print(md)
-    print()
-    for ch in checks:
-        print(ch)
 
     base = os.path.join(args.results_dir, f"{stamp}-{env['commit']}")
     if not args.no_plots and not interrupted and not args.no_save:

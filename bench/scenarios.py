@@ -240,7 +240,7 @@ def run_latency(ctx: Ctx) -> dict:
 def cost_section(ctx: Ctx, latency: dict | None) -> dict:
     """3. Cost per load: vCPU per 1,000 requests/s and RSS, at 1,000 rps and at saturation."""
     rows = []
-    if latency:
+    if latency and "paths" in latency["result"]:
         pair = latency["result"]["paths"].get("meshproxy pair", {})
         for label, v in pair.get("procs", {}).items():
             rows.append((f"meshproxy {label}", f"{ctx.args.rate:g} rps (fixed)",
