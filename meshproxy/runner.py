@@ -202,6 +202,7 @@ class Supervisor:
         self.stopping = False
         self.started = time.time()
         self._next_id = 0
+        self._live: dict = {}  # worker index -> its cluster_infos() (for /clusters)
 
     def run(self) -> int:
         asyncio.set_event_loop(self.loop)
@@ -232,6 +233,7 @@ class Supervisor:
             await self._shutdown(0)
             return 1
         self.state = "LIVE"
+        poller = self.loop.create_task(self._poll_live())
         _log_snapshot(self.snap, "serving")
         log.info("meshproxy %s ready: supervisor pid %d, %d workers (%s core); admin http://%s:%d/",
                  __version__, os.getpid(), len(self.workers),
@@ -241,6 +243,7 @@ class Supervisor:
         self.loop.add_signal_handler(signal.SIGINT, self.stop.set)
         await self.stop.wait()
         self.state = "DRAINING"
+        poller.cancel()
         await self._shutdown(self.snap.bootstrap.drain_duration)
         self.admin.close()
         log.info("stopped")
@@ -376,17 +379,43 @@ class Supervisor:
         }
 
     def cluster_infos(self) -> list:
-        # Structure from the snapshot; live per-endpoint numbers are summed in cluster_infos_live.
-        out = []
-        for c in self.snap.clusters:
-            out.append({"name": c.name, "direction": c.direction, "service": c.service,
-                        "namespace": c.namespace, "port": c.port, "lb_policy": c.lb_policy,
-                        "endpoints": [{"address": e.address, "port": e.port, "health": "HEALTHY",
-                                       "weight": e.weight, "locality": e.locality,
-                                       "workload": e.workload, "sidecar": e.sidecar,
-                                       "rq_active": 0, "rq_total": 0, "cx_active": 0}
-                                      for e in c.endpoints]})
-        return out
+        """Every worker's clusters with per-endpoint numbers summed (polled once a second)."""
+        merged: dict = {}
+        order: list = []
+        for infos in self._live.values():
+            for c in infos:
+                m = merged.get(c["name"])
+                if m is None:
+                    m = merged[c["name"]] = dict(c, endpoints=[dict(e) for e in c["endpoints"]])
+                    order.append(c["name"])
+                    continue
+                by_addr = {(e["address"], e["port"]): e for e in m["endpoints"]}
+                for e in c["endpoints"]:
+                    t = by_addr.get((e["address"], e["port"]))
+                    if t is None:
+                        m["endpoints"].append(dict(e))
+                        continue
+                    for k in ("rq_active", "rq_total", "cx_active", "cx_idle"):
+                        t[k] = t.get(k, 0) + e.get(k, 0)
+                    if e.get("health") != "HEALTHY":
+                        t["health"] = e.get("health")
+        if merged:
+            return [merged[n] for n in order]
+        return [{"name": c.name, "direction": c.direction, "service": c.service,
+                 "namespace": c.namespace, "port": c.port, "lb_policy": c.lb_policy,
+                 "endpoints": [{"address": e.address, "port": e.port, "health": "HEALTHY",
+                                "weight": e.weight, "locality": e.locality,
+                                "workload": e.workload, "sidecar": e.sidecar,
+                                "rq_active": 0, "rq_total": 0, "cx_active": 0}
+                               for e in c.endpoints]} for c in self.snap.clusters]
+
+    async def _poll_live(self) -> None:
+        """Keep each worker's cluster view fresh for /clusters (sync in the admin interface)."""
+        while not self.stopping:
+            for r in await self._ask_all():
+                if "clusters" in r and "index" in r:
+                    self._live[r["index"]] = r["clusters"]
+            await asyncio.sleep(1.0)
 
     def server_info(self) -> dict:
         return {"version": __version__, "state": self.state,

@@ -52,7 +52,8 @@ async def serve(fd: int, index: int) -> int:
             except Exception as e:  # noqa: BLE001 - reported to the supervisor, old config stays
                 send({"op": "applied", "version": None, "error": f"{type(e).__name__}: {e}"})
         elif op == "stats":
-            send({"op": "stats", "id": msg.get("id"), "stats": sidecar.local_stats(),
+            send({"op": "stats", "id": msg.get("id"), "index": index,
+                  "stats": sidecar.local_stats(),
                   "clusters": sidecar.cluster_infos()})
         elif op == "drain":
             await sidecar.drain(float(msg.get("timeout", 5.0)))
