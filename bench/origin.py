@@ -38,11 +38,13 @@ def which(binary: str) -> str | None:
     return None
 
 
-def ensure_tools(binaries: list[str], log=print) -> dict[str, str]:
-    """Paths of ``binaries``, installing the missing ones with apt-get (update first)."""
+def ensure_tools(binaries: list[str], log=print, required: bool = True) -> dict[str, str]:
+    """Paths of ``binaries``, installing the missing ones with apt-get (update first). With
+    ``required`` a tool that is still missing ends the run; without, it is left out of the result
+    (its contender is then reported as failed)."""
     missing = [b for b in binaries if which(b) is None]
     if missing:
-        pkgs = sorted({APT_PACKAGES[b] for b in missing})
+        pkgs = sorted({APT_PACKAGES.get(b, b) for b in missing})
         log(f"# installing {' '.join(pkgs)} (missing: {' '.join(missing)})")
         prefix = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else [])
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -52,12 +54,16 @@ def ensure_tools(binaries: list[str], log=print) -> dict[str, str]:
             subprocess.run(prefix + ["apt-get", "install", "-y", "--no-install-recommends"] + pkgs,
                            check=True, timeout=600, env=env, stdout=subprocess.DEVNULL)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
-            sys.exit(f"could not install {' '.join(pkgs)}: {e}")
+            if required:
+                sys.exit(f"could not install {' '.join(pkgs)}: {e}")
+            log(f"# could not install {' '.join(pkgs)}: {e}")
     paths = {}
     for b in binaries:
         p = which(b)
         if p is None:
-            sys.exit(f"{b} is still missing after apt-get install")
+            if required:
+                sys.exit(f"{b} is still missing after apt-get install")
+            continue
         paths[b] = p
     return paths
 

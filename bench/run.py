@@ -210,10 +210,12 @@ def main(argv=None) -> int:
     if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # respect nohup
         signal.signal(signal.SIGHUP, _raise_interrupt)
 
-    needed = ["wrk", "nginx"]
-    for name in args.contenders:
-        needed += [t for t in CONTENDERS[name].needs if t not in needed]
-    tools = ensure_tools(needed, log=log)
+    # wrk and nginx (the origin) are required; a contender's own tool that cannot be installed
+    # makes that contender a failed row, not a failed run.
+    tools = ensure_tools(["wrk", "nginx"], log=log)
+    optional = sorted({t for n in args.contenders for t in CONTENDERS[n].needs} - set(tools))
+    if optional:
+        tools.update(ensure_tools(optional, log=log, required=False))
     pip_missing = ensure_python(sorted({m for n in args.contenders for m in CONTENDERS[n].pip}
                                        | (set() if args.no_plots else {"matplotlib"})), log=log)
     if pip_missing:
@@ -235,6 +237,11 @@ def main(argv=None) -> int:
         origin.start()
         log(f"# origin nginx on 127.0.0.1:{origin.port} ({BODY_SIZE}-byte body); temp dir {tmp}")
         for c in contenders:
+            lacking = [t for t in c.needs if t not in tools]
+            if lacking:
+                failures[c.name] = f"{c.name}: {', '.join(lacking)} not installed"
+                log(f"# {c.name:13s} FAILED: {failures[c.name]}")
+                continue
             try:
                 c.start(origin.port)
                 live.append(c)
@@ -255,8 +262,10 @@ def main(argv=None) -> int:
             t0 = time.monotonic()
             try:
                 scen[name] = SCENARIOS[name](ctx)
-            except (StartError, OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
-                log(f"# scenario {name} FAILED: {e}")
+            except Exception as e:  # a broken scenario is a row saying why, never a lost run
+                import traceback
+                traceback.print_exc()
+                log(f"# scenario {name} FAILED: {e!r}")
                 scen[name] = {"name": name, "result": {"failure": str(e)},
                               "md": f"### {name}\n\n**failed: {' '.join(str(e).split())[:500]}**"}
             finally:
