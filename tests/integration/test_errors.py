@@ -111,3 +111,14 @@ def test_bad_request_never_kills_the_worker(sidecar, echo, garbage):
     assert sidecar.request()[0] == 200
     assert sidecar.proc.poll() is None
     assert echo.stats()["requests"] == 1
+
+
+def test_bad_request_logged_as_dpe(err_sidecar, echo):
+    c = RawConn("127.0.0.1", err_sidecar.outbound)
+    c.send(b"POST / HTTP/1.1\r\nHost: echo\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")
+    out = c.read_all()
+    c.close()
+    assert out.startswith(b"HTTP/1.1 400 ")
+    r = access_records(err_sidecar, 1)[0]
+    assert (r["response_code"], r["response_flags"]) == (400, "DPE")
+    assert echo.stats()["connections"] == 0
