@@ -340,10 +340,11 @@ def test_explain_reasons(twin):
     assert e is t.entries[0 + 3]
     assert lines[0][2] == "match[0]: header end-user is absent"
     assert lines[2][2] == "match[0]: query parameter a is absent"
-    assert lines[-1][2] == "match[0] (nd)"
+    assert lines[-1][2] == "match[0] (nd): authority prefix 'svc', without header x-debug present"
     lines, e = t.explain(view(twin, target="/x", headers=[("end-user", "jason")]))
     assert e is t.entries[0] and lines == [("default/reviews http[0] 'jason'",
-                                            t.entries[0].blocks[0], "match[0]")]
+                                            t.entries[0].blocks[0],
+                                            "match[0]: header end-user exact 'jason'")]
 
 
 def test_explain_agrees_with_match(twin):

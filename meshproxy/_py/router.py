@@ -208,6 +208,27 @@ class MatchBlock:
                 return False
         return True
 
+    def describe(self):
+        """The block's conditions in words (for ``meshproxy explain``)."""
+        parts = []
+        if self.method is not None:
+            parts.append("method " + self.method.describe())
+        if self.authority is not None:
+            parts.append("authority " + self.authority.describe())
+        if self.scheme is not None:
+            parts.append("scheme " + self.scheme.describe())
+        if self.uri is not None:
+            parts.append("uri " + self.uri.describe()
+                         + (" (ignoreUriCase)" if self.ignore_case else ""))
+        for name, matcher, invert in self.headers:
+            what = "present" if matcher is None else matcher.describe()
+            parts.append(("without header %s %s" if invert else "header %s %s")
+                         % (_s(name), what))
+        for name, matcher in self.query:
+            parts.append("query %s %s" % (_s(name), "present" if matcher is None
+                                          else matcher.describe()))
+        return ", ".join(parts) or "everything"
+
     def why_not(self, req):
         """The first condition that fails, in words (for ``meshproxy explain``), or None."""
         p = req.parser
@@ -368,7 +389,8 @@ class RouteTable:
         for e in self.entries:
             for blk in e.blocks:
                 for hname, _matcher, invert in blk.headers:
-                    if invert:
+                    # pseudo-headers and host are not header lines: RequestView.header maps them
+                    if invert or hname.startswith(b":") or hname == b"host":
                         continue
                     if hname not in bits and len(bits) < 62:
                         bits[hname] = 1 << len(bits)
@@ -426,8 +448,8 @@ class RouteTable:
             for i, b in enumerate(e.blocks):
                 why = b.why_not(req)
                 if why is None:
-                    lines.append((label, b, "match[%d]%s" % (
-                        i, " (%s)" % b.name if b.name else "")))
+                    lines.append((label, b, "match[%d]%s: %s" % (
+                        i, " (%s)" % b.name if b.name else "", b.describe())))
                     return lines, e
                 reasons.append("match[%d]: %s" % (i, why))
             lines.append((label, None, "; ".join(reasons)))
