@@ -553,6 +553,11 @@ class DownstreamProtocol:
         if self.state == ST_HEAD and self.upstream is None:
             self._close()
             return False
+        if self.state == ST_BODY:
+            # The request body can never be completed: reset the request (Envoy: DC). Waiting
+            # for the response instead left client, sidecar and upstream all waiting for ever.
+            self._close()
+            return False
         if self.state == ST_TUNNEL and self.upstream is not None and self.upstream.transport:
             up = self.upstream
             self.peer_eof = True
