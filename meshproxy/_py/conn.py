@@ -1348,8 +1348,10 @@ class UpstreamProtocol:
                 status = p.status
                 self.status = status
                 if status < 200 and status != 101:
-                    # Interim response (100 Continue, 103 Early Hints): relay and keep reading.
-                    ds.write(p.serialize())
+                    # Interim response (100 Continue, 103 Early Hints): relay and keep reading;
+                    # never to an HTTP/1.0 client, which cannot take one (RFC 9110 section 15.2).
+                    if ds.parser.version != 0:
+                        ds.write(p.serialize())
                     continue
                 self._on_head(ds, p, buf, pos, end)
             else:

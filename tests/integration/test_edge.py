@@ -240,3 +240,42 @@ def test_several_forwarded_for_headers_joined(sidecar, echo):
     xff = [v for k, v in d["headers"] if k.lower() == "x-forwarded-for"]
     assert xff == ["1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.1"]
     assert [v for k, v in d["headers"] if k.lower() == "x-forwarded-proto"] == ["http"]
+
+
+def _cx_active(s):
+    st, body = s.admin_get("/stats")
+    n = {}
+    for line in body.decode().splitlines():
+        name, _, v = line.rpartition(": ")
+        for k in ("downstream_cx_active", "upstream_rq_active"):
+            if name.endswith("." + k):
+                n[k] = n.get(k, 0) + int(v)
+    return n
+
+
+def test_half_close_mid_body_resets_the_request(sidecar, echo):
+    """A client that shuts its side before the body is complete can never finish the request:
+    the sidecar must reset it, not leave the client, itself and the upstream waiting."""
+    c = RawConn("127.0.0.1", sidecar.outbound, timeout=3)
+    c.send(b"POST /hc HTTP/1.1\r\nHost: echo\r\nContent-Length: 10\r\n\r\n12345")
+    c.sock.shutdown(socket.SHUT_WR)
+    out = c.read_all()  # a timeout here is the bug
+    c.close()
+    assert out == b"" or out.startswith(b"HTTP/1.1 4"), out
+    deadline = time.monotonic() + 2
+    while _cx_active(sidecar) != {"downstream_cx_active": 0, "upstream_rq_active": 0}:
+        assert time.monotonic() < deadline, _cx_active(sidecar)
+        time.sleep(0.05)
+    assert echo.stats()["requests"] == 0
+
+
+def test_no_1xx_to_http10_client(sidecar, echo):
+    c = RawConn("127.0.0.1", sidecar.outbound)
+    c.send(b"POST /e10 HTTP/1.0\r\nHost: echo\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+    time.sleep(0.2)
+    c.send(b"hello")
+    out = c.read_all()
+    c.close()
+    # RFC 9110 15.2: a server must not send a 1xx response to an HTTP/1.0 client
+    assert out.startswith(b"HTTP/1.1 200 "), out[:80]
+    assert json.loads(out.split(b"\r\n\r\n", 1)[1])["body"] == "hello"
