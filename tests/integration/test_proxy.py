@@ -309,3 +309,20 @@ def _cx_active(s):
         elif name.endswith(".upstream_cx_active"):
             out["upstream"] = out.get("upstream", 0) + int(v)
     return out
+
+
+def test_websocket_frames_sent_with_the_upgrade_request(sidecar, echo):
+    """A client that does not wait for the 101: its first frames arrive with the request head
+    and must reach the app after the switch, in order."""
+    c = RawConn("127.0.0.1", sidecar.outbound)
+    frames = [(0x1, b"early-1"), (0x1, b"early-2")]
+    c.send(b"GET /ws HTTP/1.1\r\nHost: echo\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+           + b"".join(_ws_frame(op, p) for op, p in frames))
+    st, _, _, _ = c.read_response()
+    assert st == 101
+    for op, p in frames:
+        assert _ws_read(c) == (op, p)
+    c.send(_ws_frame(0x8, b""))
+    assert _ws_read(c) == (0x8, b"")
+    c.close()
