@@ -45,9 +45,10 @@ def test_clusters_lists_endpoints(sidecar, echo):
     assert st == 200
     text = body.decode()
     assert f"{CLUSTER}::127.0.0.1:{echo.port}::" in text, text
+    assert f"{CLUSTER}::127.0.0.1:{echo.port}::rq_total::3\n" in text, text
     st, body = sidecar.admin_get("/clusters?format=json")
     assert st == 200
-    assert f"127.0.0.1" in body.decode() and str(echo.port) in body.decode()
+    assert "127.0.0.1" in body.decode() and str(echo.port) in body.decode()
 
 
 def _requests_by_code(body):

@@ -122,3 +122,20 @@ def test_bad_request_logged_as_dpe(err_sidecar, echo):
     r = access_records(err_sidecar, 1)[0]
     assert (r["response_code"], r["response_flags"]) == (400, "DPE")
     assert echo.stats()["connections"] == 0
+
+
+def test_prometheus_counts_flags(err_sidecar, echo):
+    from prometheus_client.parser import text_string_to_metric_families
+    for host, path in ((DEAD, "/"), (EMPTY, "/"), (ECHO_HOST, "/close-before"),
+                       (ECHO_HOST, "/invalid"), (ECHO_HOST, "/")):
+        err_sidecar.request(host=host, path=path)
+    st, body = err_sidecar.admin_get("/stats/prometheus", port=err_sidecar.prometheus)
+    got = {}
+    for fam in text_string_to_metric_families(body.decode()):
+        for smp in fam.samples:
+            if smp.name == "istio_requests_total":
+                key = (smp.labels["destination_service_name"], smp.labels["response_code"],
+                       smp.labels["response_flags"])
+                got[key] = got.get(key, 0) + smp.value
+    assert got == {("dead", "503", "UF"): 1, ("empty", "503", "UH"): 1,
+                   ("echo", "503", "UC"): 1, ("echo", "502", "UPE"): 1, ("echo", "200", "-"): 1}

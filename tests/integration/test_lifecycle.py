@@ -190,6 +190,15 @@ def test_concurrency_two_workers(make_sidecar, echo):
     # each worker keeps its own pooled upstream connection: two workers served -> two
     assert st["connections"] == 2, st
     assert requests_total(s) == n
+    # /clusters sums the workers' per-endpoint numbers (polled once a second)
+    host = f"outbound|80||{ECHO_HOST}::127.0.0.1:{echo.port}::rq_total::"
+    deadline = time.monotonic() + 4
+    while True:
+        text = s.admin_get("/clusters")[1].decode()
+        if f"{host}{n}\n" in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert f"{host}{n}\n" in text, text
     info = json.loads(s.admin_get("/server_info")[1])
     assert info["concurrency"] == 2
     # SIGTERM stops the supervisor and every worker
