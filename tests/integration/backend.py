@@ -8,6 +8,7 @@ Data port (HTTP/1.1, parsed by hand so framing is seen exactly as the sidecar se
     /chunked            a chunked response with trailers (CHUNKED_BODY below, byte for byte)
     /ws                 WebSocket (RFC 6455) echo: text/binary frames echoed, ping->pong, close
     /close-before       read the request, close without answering
+    /flaky-reuse        echo on a connection's first request, close unanswered on later ones
     /close-mid          send a head (Content-Length 100) and 10 bytes, then close
     /invalid            answer with bytes that are not HTTP
     /early              answer 413 + close before reading the request body
@@ -278,6 +279,10 @@ async def handle(reader, writer):
                 return
             elif method == "HEAD":
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\nX-Backend: yes\r\n\r\n")
+            elif target == "/flaky-reuse" and nreq > 1:
+                # a reused connection the server has given up on: close without answering
+                writer.close()
+                return
             elif target == "/close-before":
                 writer.close()
                 return

@@ -279,3 +279,17 @@ def test_no_1xx_to_http10_client(sidecar, echo):
     # RFC 9110 15.2: a server must not send a 1xx response to an HTTP/1.0 client
     assert out.startswith(b"HTTP/1.1 200 "), out[:80]
     assert json.loads(out.split(b"\r\n\r\n", 1)[1])["body"] == "hello"
+
+
+def test_request_on_dead_pooled_connection_is_retried_once(sidecar, echo):
+    """The pooled upstream connection is closed by the server when the request arrives (no
+    response byte): a GET is retried once on a new connection; the client sees 200."""
+    c = RawConn("127.0.0.1", sidecar.outbound)
+    for i in range(3):
+        c.send(b"GET /flaky-reuse HTTP/1.1\r\nHost: echo\r\n\r\n")
+        st, _, body, _ = c.read_response()
+        assert st == 200, (i, body)
+        assert json.loads(body)["nreq"] == 1
+    c.close()
+    st = echo.stats()
+    assert st["heads"] == 5 and st["connections"] == 3, st  # two retries on new connections

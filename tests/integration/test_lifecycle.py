@@ -289,3 +289,26 @@ def test_ready_is_503_while_draining_and_quitquitquit(make_sidecar, echo):
     assert c.read_response()[0] == 200
     c.close()
     assert s.proc.wait(5) == 0
+
+
+def test_concurrency_sigterm_drains_in_flight(make_sidecar, echo):
+    s = make_sidecar(args=["--concurrency", "2"], boot={"drainDuration": "3s"})
+    out = {}
+
+    def slow():
+        c = RawConn("127.0.0.1", s.outbound, timeout=10)
+        c.send(b"GET /delay/1.0 HTTP/1.1\r\nHost: echo\r\n\r\n")
+        out["resp"] = c.read_response()
+        c.close()
+
+    t = threading.Thread(target=slow)
+    t.start()
+    deadline = time.monotonic() + 5
+    while echo.stats()["heads"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    s.signal(signal.SIGTERM)
+    t.join(10)
+    assert out["resp"][0] == 200
+    assert s.proc.wait(10) == 0
+    assert time.monotonic() - t0 < 3.5
