@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import select
 import socket
 import sys
@@ -30,7 +31,7 @@ def percentiles(values: list[float], ps=(50, 90, 99, 99.9)) -> dict:
     v = sorted(values)
     out = {}
     for p in ps:
-        k = min(len(v) - 1, max(0, int(round(p / 100.0 * len(v) + 0.5)) - 1))
+        k = min(len(v) - 1, max(0, math.ceil(p / 100.0 * len(v) - 1e-9) - 1))  # nearest rank
         out[f"p{p:g}"] = v[k] * 1e3
     out["max"] = v[-1] * 1e3
     out["mean"] = sum(v) / len(v) * 1e3

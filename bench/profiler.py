@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Profile meshproxy under the throughput scenario (wrk, 50 connections, 1 KiB) and write flame graphs.
 
-    python bench/profile.py [--seconds 15] [--connections 50] [--no-perf] [--no-pyspy]
+    python bench/profiler.py [--seconds 15] [--connections 50] [--no-perf] [--no-pyspy]
 
 1. **py-spy** (PyPI, installed into the venv if missing) samples the sidecar's Python frames, with
    ``--native`` (C/Cython frames too) when that works, and writes its own SVG flame graph.
