@@ -12,7 +12,8 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo [DURATION=20]  run the demo mesh (Ctrl-C stops it)"
 	@echo "make test                run the whole test suite"
-	@echo "make bench / bench-ci    load benchmarks vs direct, nginx, haproxy"
+	@echo "make bench / bench-ci    load benchmarks vs direct, nginx, haproxy (BENCH_ARGS=--update-docs)"
+	@echo "make profile             flame graphs of the sidecar under load (py-spy, perf)"
 	@echo "make build               (re)compile the Cython hot path in place"
 	@echo "make debug               debug build (annotated HTML, line tracing)"
 
@@ -53,13 +54,23 @@ test-py: build
 	MESHPROXY_NO_EXTENSIONS=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: build
-	$(PIP) install -q -e ".[bench]" --no-build-isolation
-	$(PY) bench/run.py
-	$(PY) -m pytest bench/test_micro.py --benchmark-only -q
+	$(PIP) install -q --no-build-isolation -e ".[test,bench]"
+	$(PY) bench/run.py --full $(BENCH_ARGS)
+	$(PY) bench/routes_bench.py --duration 5 --rounds 3
+	$(PY) -m pytest bench/test_tools.py -q
+	$(PY) -m pytest bench/test_micro.py bench/test_balancer_micro.py --benchmark-only -q
 
+# What CI runs after the tests (about 3 minutes): fails only on ratios judged within its own run.
 bench-ci: build
-	$(PY) bench/run.py --quick --check
-	$(PY) -m pytest bench/test_micro.py --benchmark-only -q
+	$(PIP) install -q --no-build-isolation -e ".[test,bench]"
+	$(PY) -m pytest bench/test_tools.py -q
+	$(PY) bench/run.py --ci --check --no-plots
+	$(PY) bench/routes_bench.py --duration 3 --rounds 2
+	$(PY) -m pytest bench/test_micro.py --benchmark-only -q --benchmark-max-time=0.1
+
+profile: build
+	$(PIP) install -q py-spy
+	$(PY) bench/profiler.py --seconds 15
 
 debug: venv
 	MESHPROXY_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force -j 2
