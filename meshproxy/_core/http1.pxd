@@ -37,6 +37,7 @@ cdef class _HeadParser:
         bint _complete
         # headers
         HeaderLine *_hdrs
+        Py_ssize_t _cap           # entries allocated in _hdrs (grows up to max_headers)
         Py_ssize_t _nhdrs
         # Connection tokens that name other headers (hop-by-hop by listing)
         Py_ssize_t _ctok_start[MAX_CONN_TOKENS]
@@ -66,6 +67,7 @@ cdef class _HeadParser:
     cdef int _setup(self, Py_ssize_t max_head_size, Py_ssize_t max_headers,
                     Py_ssize_t max_first_line) except -1
     cdef void _reset(self, Py_ssize_t start) noexcept
+    cdef int _grow(self) except -1
     # per complete line; raise ProtocolError
     cdef int _first_line(self, Py_ssize_t ls, Py_ssize_t le) except -1
     cdef int _header_line(self, Py_ssize_t ls, Py_ssize_t le) except -1
