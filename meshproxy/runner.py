@@ -91,13 +91,10 @@ def _log_snapshot(snap: Snapshot, what: str) -> None:
         log.warning("config: %s", w)
 
 
-class SingleProcess:
-    def __init__(self, source: ConfigSource, snap: Snapshot):
-        self.source = source
-        self.snap = snap
-        self.loop = new_loop()
-        self.stop = asyncio.Event()
-        self.admin = None
+class _Process:
+    """Runs the subclass's ``_main()`` on a fresh uvloop loop until it returns the exit code."""
+
+    loop: asyncio.AbstractEventLoop
 
     def run(self) -> int:
         asyncio.set_event_loop(self.loop)
@@ -105,6 +102,16 @@ class SingleProcess:
             return self.loop.run_until_complete(self._main())
         finally:
             self.loop.close()
+
+
+class SingleProcess(_Process):
+    def __init__(self, source: ConfigSource, snap: Snapshot):
+        self.source = source
+        self.snap = snap
+        self.loop = new_loop()
+        self.stop = asyncio.Event()
+        self.admin = None
+
 
     async def _main(self) -> int:
         from meshproxy.admin import start_admin
@@ -190,7 +197,7 @@ class WorkerHandle:
             self.writer.write(json.dumps(msg).encode() + b"\n")
 
 
-class Supervisor:
+class Supervisor(_Process):
     """N workers under one supervisor that also serves admin."""
 
     def __init__(self, source: ConfigSource, snap: Snapshot):
@@ -204,12 +211,6 @@ class Supervisor:
         self._next_id = 0
         self._live: dict = {}  # worker index -> its cluster_infos() (for /clusters)
 
-    def run(self) -> int:
-        asyncio.set_event_loop(self.loop)
-        try:
-            return self.loop.run_until_complete(self._main())
-        finally:
-            self.loop.close()
 
     async def _main(self) -> int:
         from meshproxy.admin import start_admin

@@ -159,7 +159,7 @@ cdef class UpstreamProtocol:
     cdef public CChunkedFramer framer
     cdef public object buf
     cdef public Py_ssize_t pos
-    cdef public bint closed, reused, got_bytes, in_head, keep_alive, tunnel, peer_eof
+    cdef public bint closed, reused, got_bytes, in_head, keep_alive, tunnel, body_done, peer_eof
     cdef public double idle_since
     cdef public int framing
     cdef public long long remaining
@@ -177,5 +177,7 @@ cdef class UpstreamProtocol:
                    framer=CChunkedFramer)
     cpdef _on_head(self, DownstreamProtocol ds, CResponseParser p, object buf, Py_ssize_t pos,
                    Py_ssize_t end)
-    @cython.locals(framing=int, k=Py_ssize_t, done=bint)
+    @cython.locals(framing=int, k=Py_ssize_t)
+    cpdef Py_ssize_t _take(self, object buf, Py_ssize_t pos, Py_ssize_t end) except -1
+    @cython.locals(k=Py_ssize_t, done=bint)
     cpdef _body(self, DownstreamProtocol ds, object buf, Py_ssize_t pos, Py_ssize_t end)

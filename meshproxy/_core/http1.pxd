@@ -88,6 +88,8 @@ cdef class _HeadParser:
     cpdef bint has(self, bytes name)
     cpdef object get_all(self, bytes name)
     cdef char *_copy_kept(self, char *o) noexcept
+    cdef char *_finish_head(self, char *o, bint skipped, bint up, bytes extra,
+                            Py_ssize_t elen) noexcept
     cdef int _mark_skip(self, tuple drop) except -1
     cdef void _clear_skip(self) noexcept
 

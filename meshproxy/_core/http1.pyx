@@ -606,6 +606,23 @@ cdef class _HeadParser:
         for i in range(self._nhdrs):
             self._hdrs[i].skip = False
 
+    cdef char *_finish_head(self, char *o, bint skipped, bint up, bytes extra,
+                            Py_ssize_t elen) noexcept:
+        """The end of every outgoing head: kept header lines, ``Connection: upgrade`` when
+        upgrading, the caller's extra lines, the empty line. Returns the byte after it."""
+        o = self._copy_kept(o)
+        if skipped:
+            self._clear_skip()
+        if up:
+            memcpy(o, b"Connection: upgrade\r\n", 21)
+            o += 21
+        if elen:
+            memcpy(o, PyBytes_AS_STRING(extra), elen)
+            o += elen
+        o[0] = b'\r'
+        o[1] = b'\n'
+        return o + 2
+
     cdef Py_ssize_t _kept_size(self) noexcept:
         cdef Py_ssize_t i, total = 0
         for i in range(self._nhdrs):
@@ -908,17 +925,7 @@ cdef class RequestParser(_HeadParser):
         o += plen
         memcpy(o, b" HTTP/1.1\r\n" if self.version == 1 else b" HTTP/1.0\r\n", 11)
         o += 11
-        o = self._copy_kept(o)
-        if drop:
-            self._clear_skip()
-        if up:
-            memcpy(o, b"Connection: upgrade\r\n", 21)
-            o += 21
-        if elen:
-            memcpy(o, <const char *>extra, elen)
-            o += elen
-        o[0] = b'\r'
-        o[1] = b'\n'
+        self._finish_head(o, drop is not None, up, extra, elen)
         return out
 
 
@@ -1010,19 +1017,9 @@ cdef class ResponseParser(_HeadParser):
         o[0] = b'\r'
         o[1] = b'\n'
         o += 2
-        o = self._copy_kept(o)
-        if drop:
-            self._clear_skip()
-        if up:
-            memcpy(o, b"Connection: upgrade\r\n", 21)
-            o += 21
-        if elen:
-            memcpy(o, <const char *>extra, elen)
-            o += elen
-        o[0] = b'\r'
-        o[1] = b'\n'
+        o = self._finish_head(o, drop is not None, up, extra, elen)
         if body:
-            memcpy(o + 2, self._p + end, body)
+            memcpy(o, self._p + end, body)
         return out
 
 

@@ -1226,6 +1226,7 @@ class UpstreamProtocol:
         self.status = 0
         self.paused = 0
         self.tunnel = False
+        self.body_done = False
         self.peer_eof = False  # tunnel: the upstream has sent EOF
 
     async def connect(self):
@@ -1397,23 +1398,13 @@ class UpstreamProtocol:
             ds.response_done(self, status, self.keep_alive and pos == end)
             return
         # One write for the head and whatever body came with it.
-        if framing == RF_LENGTH:
-            k = end - pos
-            if k > self.remaining:
-                k = self.remaining
-            self.remaining -= k
-            done = self.remaining == 0
-        elif framing == RF_CHUNKED:
-            try:
-                k = self.framer.feed(buf, pos, end)
-            except ProtocolError as e:
-                ds.write(p.serialize(extra, 0))
-                ds.upstream_bad_response(self, e)
-                return
-            done = self.framer.done
-        else:
-            k = end - pos
-            done = False
+        try:
+            k = self._take(buf, pos, end)
+        except ProtocolError as e:
+            ds.write(p.serialize(extra, 0))
+            ds.upstream_bad_response(self, e)
+            return
+        done = self.body_done
         ds.write(p.serialize(extra, k, ds.resp_drop()))
         pos += k
         self.pos = pos
@@ -1423,24 +1414,31 @@ class UpstreamProtocol:
         if done:
             ds.response_done(self, status, self.keep_alive and self.buf is None)
 
-    def _body(self, ds, buf, pos, end):
+    def _take(self, buf, pos, end):
+        """How many of ``buf[pos:end]`` belong to the response body (its framing decides);
+        sets ``body_done`` when the body ends there. Raises ProtocolError on bad chunking."""
         framing = self.framing
         if framing == RF_LENGTH:
             k = end - pos
             if k > self.remaining:
                 k = self.remaining
             self.remaining -= k
-            done = self.remaining == 0
+            self.body_done = self.remaining == 0
         elif framing == RF_CHUNKED:
-            try:
-                k = self.framer.feed(buf, pos, end)
-            except ProtocolError as e:
-                ds.upstream_bad_response(self, e)
-                return
-            done = self.framer.done
+            k = self.framer.feed(buf, pos, end)
+            self.body_done = self.framer.done
         else:
             k = end - pos
-            done = False
+            self.body_done = False
+        return k
+
+    def _body(self, ds, buf, pos, end):
+        try:
+            k = self._take(buf, pos, end)
+        except ProtocolError as e:
+            ds.upstream_bad_response(self, e)
+            return
+        done = self.body_done
         if k:
             if pos == 0 and k == end and type(buf) is bytes:
                 ds.write(buf)
