@@ -6,7 +6,7 @@ What runs (all on this host, no network, no root)::
       |  HTTP/1.1 keep-alive, Host: <service>.default.svc.cluster.local
       v
     sidecar  python -m meshproxy run --config <tmp>/mesh.yaml   outbound 127.0.0.1:15001, admin :15000
-      |  round robin per service
+      |  least request per service (Istio's default)
       v
     frontend 127.0.0.10   reviews v1/v2/v3 127.0.0.11-13   ratings 127.0.0.14   (port 9080 each)
 
