@@ -3,6 +3,10 @@
 # below to C calls (cpdef: also callable from Python, as the pure twin and the tests do).
 cimport cython
 
+from meshproxy._core.balancer cimport LeastRequestPicker as CLeastRequestPicker
+from meshproxy._core.balancer cimport MaglevPicker as CMaglevPicker
+from meshproxy._core.balancer cimport RandomPicker as CRandomPicker
+from meshproxy._core.balancer cimport RingHashPicker as CRingHashPicker
 from meshproxy._core.balancer cimport RoundRobinPicker as CRoundRobinPicker
 from meshproxy._core.counters cimport ClusterStats as CClusterStats
 from meshproxy._core.http1 cimport ChunkedFramer as CChunkedFramer
@@ -14,6 +18,7 @@ from meshproxy._core.router cimport RouteEntry as CRouteEntry
 cdef int ST_HEAD, ST_BODY, ST_WAIT, ST_TUNNEL, ST_CLOSED
 cdef int PAUSE_UPSTREAM_FULL, PAUSE_PIPELINE, PAUSE_CONNECTING
 cdef int RF_NONE, RF_LENGTH, RF_CHUNKED, RF_CLOSE
+cdef int P_NONE, P_ROUND_ROBIN, P_RANDOM, P_LEAST_REQUEST, P_RING_HASH, P_MAGLEV
 cdef Py_ssize_t MAX_BUFFERED
 cdef dict _state
 
@@ -51,7 +56,10 @@ cdef class Cluster:
     cdef public bint passthrough
     cdef public int default_port
 
-    @cython.locals(single=Endpoint, i=Py_ssize_t)
+    cdef public int kind
+    @cython.locals(single=Endpoint, i=Py_ssize_t, kind=int, rr=CRoundRobinPicker,
+                   lr=CLeastRequestPicker, rnd=CRandomPicker, rh=CRingHashPicker,
+                   mg=CMaglevPicker, key=object)
     cpdef Endpoint pick(self, object ds)
 
 
@@ -110,7 +118,7 @@ cdef class DownstreamProtocol:
     cdef public bint peer_eof
     cdef public object resp_edit
     cdef public list mirrors
-    cdef public object lr_picker
+    cdef public CLeastRequestPicker lr_picker
     cdef public Py_ssize_t lr_index
     cdef public bytes set_cookie
     cdef public object delay_handle
@@ -139,6 +147,8 @@ cdef class DownstreamProtocol:
     @cython.locals(ep=Endpoint)
     cpdef response_done(self, UpstreamProtocol up, int status, bint reusable)
     cpdef _continue(self)
+    @cython.locals(lr=CLeastRequestPicker)
+    cpdef release_lr(self)
     @cython.locals(cluster=Cluster, ctx=ProxyContext, ep=Endpoint, dur=double, us="long long")
     cpdef _end_request(self, int status)
     cpdef _local(self, int status, bytes body, str flags, bint has_unread_body, bytes extra=*)

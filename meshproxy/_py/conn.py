@@ -190,6 +190,7 @@ class Cluster:
         self.epoch = -1
         self.group = []
         self.picker = None
+        self.kind = P_NONE
         self.single = None
         self.priority = 0
         self.rebuild()
@@ -220,8 +221,10 @@ class Cluster:
         if len(self.group) > 1:
             self.picker = make_picker(self.policy, [self.weights[i] for i in idx],
                                       [eps[i].host for i in idx], self.hash_policy)
+            self.kind = picker_kind(self.picker)
         else:
             self.picker = None
+            self.kind = P_NONE
 
     def pick(self, ds):
         """The endpoint for the next request (``ds``: the downstream, for hash keys and
@@ -236,15 +239,34 @@ class Cluster:
         picker = self.picker
         if picker is None:
             return None
-        if self.hash_policy is not None:
-            key = hash_key(self.hash_policy, ds)
-            i = picker.pick(key) if key is not None else picker.pick(int(_random() * 2 ** 63))
+        # One branch per picker class, each through a typed local, so the compiled engine calls
+        # the picker with a C call (conn.pxd types rr/lr/rnd/rh/mg).
+        kind = self.kind
+        if kind == P_ROUND_ROBIN:
+            rr = picker
+            i = rr.pick()
+        elif kind == P_LEAST_REQUEST:
+            lr = picker
+            i = lr.pick()
+            if ds is not None:
+                lr.acquire(i)
+                ds.lr_picker = lr
+                ds.lr_index = i
+        elif kind == P_RANDOM:
+            rnd = picker
+            i = rnd.pick()
         else:
-            i = picker.pick()
-        if self.least and ds is not None:
-            picker.acquire(i)
-            ds.lr_picker = picker
-            ds.lr_index = i
+            key = hash_key(self.hash_policy, ds) if self.hash_policy is not None else None
+            if key is None:
+                key = int(_random() * 2 ** 63)
+            if kind == P_RING_HASH:
+                rh = picker
+                i = rh.pick(key)
+            elif kind == P_MAGLEV:
+                mg = picker
+                i = mg.pick(key)
+            else:
+                i = picker.pick(key)
         return self.group[i]
 
     def pick_other(self, ds, failed):
@@ -258,6 +280,26 @@ class Cluster:
             if ep is not failed and ep.healthy:
                 return ep
         return None
+
+
+P_NONE = 0
+P_ROUND_ROBIN = 1
+P_RANDOM = 2
+P_LEAST_REQUEST = 3
+P_RING_HASH = 4
+P_MAGLEV = 5
+
+
+def picker_kind(picker):
+    """Which picker class this is (the engine dispatches on it per pick)."""
+    from meshproxy.core import balancer as _b
+    for kind, name in ((P_ROUND_ROBIN, "RoundRobinPicker"), (P_RANDOM, "RandomPicker"),
+                       (P_LEAST_REQUEST, "LeastRequestPicker"), (P_RING_HASH, "RingHashPicker"),
+                       (P_MAGLEV, "MaglevPicker")):
+        cls = getattr(_b, name, None)
+        if cls is not None and type(picker) is cls:
+            return kind
+    return P_NONE
 
 
 # Bumped whenever an endpoint's health changes; clusters rebuild their picker lazily.
@@ -994,10 +1036,10 @@ class DownstreamProtocol:
         return edit.drop if edit is not None else None
 
     def release_lr(self):
-        picker = self.lr_picker
-        if picker is not None:
+        lr = self.lr_picker
+        if lr is not None:
             self.lr_picker = None
-            picker.release(self.lr_index)
+            lr.release(self.lr_index)
 
     def write(self, data):
         self.bytes_tx += len(data)
