@@ -552,6 +552,8 @@ def _bootstrap(spec: dict, raw: dict) -> Bootstrap:
                 kw[f"{prefix}_{k}"] = spec[section][k]
     if "port" in spec.get("inbound", {}):
         kw["inbound_port"] = spec["inbound"]["port"]
+    if "dnsServers" in spec:
+        kw["dns_servers"] = tuple(spec["dnsServers"])
     lim = spec.get("limits", {})
     limits = Limits(
         max_request_headers_kb=lim.get("maxRequestHeadersKb", b.limits.max_request_headers_kb),

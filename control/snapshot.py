@@ -259,6 +259,7 @@ class Bootstrap:
     access_log_file: str = ""  # "" = off; "/dev/stdout" or a path (Istio MeshConfig.accessLogFile)
     access_log_encoding: str = "TEXT"  # TEXT | JSON (MeshConfig.accessLogEncoding)
     access_log_format: str = ""  # "" = Envoy/Istio default (MeshConfig.accessLogFormat)
+    dns_servers: tuple[str, ...] = ()  # "ip" or "ip:port"; () = /etc/resolv.conf
     limits: Limits = field(default_factory=Limits)
 
 

@@ -11,19 +11,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import time
 from typing import Optional
 
 from control.snapshot import Snapshot
 from meshproxy import __version__
+from meshproxy import dns as dns_mod
 from meshproxy.core import COMPILED, conn, counters, router
 
 log = logging.getLogger("meshproxy")
 
-#: How often DNS clusters are re-resolved (Envoy's default dns_refresh_rate), and how long the
-#: first resolution may hold up applying a snapshot.
-DNS_REFRESH = 5.0
+#: DNS clusters are re-resolved when their records' TTL runs out (checked every DNS_TICK s), or
+#: after DNS_RETRY s when resolution failed; the first resolution may hold up applying a snapshot
+#: for DNS_FIRST_TIMEOUT s.
+DNS_TICK = 0.5
+DNS_RETRY = 5.0
 DNS_FIRST_TIMEOUT = 5.0
 
 
@@ -49,6 +51,8 @@ class Sidecar:
         self._tick_handle = None
         self._closed = asyncio.Event()
         self.dns_clusters: list = []
+        self.dns_due: dict = {}  # cluster name -> monotonic time its records expire
+        self.resolver = None
         self._dns_task = None
 
     # -- snapshots -----------------------------------------------------------------------------
@@ -156,6 +160,7 @@ class Sidecar:
         # DNS clusters: resolve now (bounded), then every DNS_REFRESH seconds off the hot path.
         self.dns_clusters = dns
         if dns:
+            self.resolver = dns_mod.Resolver(list(b.dns_servers) or None)
             await asyncio.wait([asyncio.ensure_future(self._resolve(c)) for c in dns],
                                timeout=DNS_FIRST_TIMEOUT)
             if self._dns_task is None:
@@ -168,19 +173,19 @@ class Sidecar:
             self._tick()
 
     async def _resolve(self, cluster) -> None:
-        """Resolve a DNS / DNS_ROUND_ROBIN cluster's hosts and install the addresses."""
+        """Resolve a DNS / DNS_ROUND_ROBIN cluster's hosts and install the addresses; the next
+        resolution is due when the shortest record TTL runs out (Envoy's respect_dns_ttl)."""
         info = cluster.info
         eps, weights = [], []
+        next_in = dns_mod.MAX_TTL
         for hostname, port, weight in info.dns_hosts:
             try:
-                addrs = await self.loop.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
-            except (OSError, UnicodeError) as e:
+                seen, ttl = await self.resolver.resolve(hostname, port)
+            except (OSError, UnicodeError, ValueError) as e:
                 log.warning("dns: cannot resolve %s for %s: %s", hostname, cluster.name, e)
+                next_in = min(next_in, DNS_RETRY)
                 continue
-            seen = []
-            for _family, _type, _proto, _canon, sa in addrs:
-                if sa[0] not in seen:
-                    seen.append(sa[0])
+            next_in = min(next_in, ttl)
             if info.resolution == "DNS_ROUND_ROBIN":
                 seen = seen[:1]  # Envoy's LOGICAL_DNS: one address for new connections
             for a in seen:
@@ -193,6 +198,7 @@ class Sidecar:
                 ep.max_idle = info.max_idle_per_endpoint
                 eps.append(ep)
                 weights.append(max(1, weight))
+        self.dns_due[cluster.name] = time.monotonic() + next_in
         old = [(e.address, e.port) for e in cluster.endpoints]
         if [(e.address, e.port) for e in eps] != old:
             if eps or not cluster.endpoints:
@@ -202,9 +208,11 @@ class Sidecar:
 
     async def _dns_loop(self) -> None:
         while self.state != "DRAINING":
-            await asyncio.sleep(DNS_REFRESH)
+            await asyncio.sleep(DNS_TICK)
+            now = time.monotonic()
             for c in list(self.dns_clusters):
-                await self._resolve(c)
+                if self.dns_due.get(c.name, 0.0) <= now:
+                    await self._resolve(c)
 
     def _access_log_for(self, b):
         key = (b.access_log_file, b.access_log_encoding, b.access_log_format)

@@ -343,6 +343,22 @@ def bind_address(value: str) -> Optional[str]:
     return None
 
 
+def dns_server(value: str) -> Optional[str]:
+    host, port = value, "53"
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else "53"
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return f'"{value}" is not an IP address with an optional port'
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return f'"{value}": {port!r} is not a port (1-65535)'
+    return None
+
+
 def dns1123_subdomain(value: str) -> Optional[str]:
     if len(value) > 253 or not DNS1123_SUBDOMAIN.match(value):
         return (f'"{value}" is not a valid name (DNS-1123: lowercase letters, digits, "-" and ".", '
@@ -909,6 +925,9 @@ BOOTSTRAP = Struct({
     "accessLogFile": Field(Str()),
     "accessLogEncoding": Field(Enum(("TEXT", "JSON"))),
     "accessLogFormat": Field(Str()),
+    "dnsServers": Field(ListOf(Str(dns_server)),
+                        doc='name servers for DNS ServiceEntries: "ip" or "ip:port"; '
+                            'default /etc/resolv.conf'),
     "limits": Field(Struct({
         "maxRequestHeadersKb": Field(Int(1, 8192)),
         "maxRequestLine": Field(Int(1, 1 << 20)),
