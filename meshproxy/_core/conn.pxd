@@ -103,6 +103,8 @@ cdef class DownstreamProtocol:
     cdef public object sockname
     cdef public int local_port
     cdef public CRequestView view
+    cdef public tuple addr_strs
+    cdef public str route_name
     cdef public ProxyContext ctx
     cdef public Cluster cluster
     cdef public Endpoint endpoint

@@ -520,6 +520,8 @@ class DownstreamProtocol:
         self.sockname = None
         self.local_port = 0
         self.view = None  # router.RequestView, reused per request when a VirtualService applies
+        self.addr_strs = None  # (local, remote) "ip:port" for the access log, made on first use
+        self.route_name = "default"
         # the request in flight
         self.ctx = None
         self.cluster = None
@@ -724,6 +726,7 @@ class DownstreamProtocol:
             has_body = self.req_remaining > 0
         ctx.stats.rq_start()
         self.resp_edit = None
+        self.route_name = "default"
         path = None
         edit = None
         delay = 0.0
@@ -769,6 +772,8 @@ class DownstreamProtocol:
                         self._local(entry.redirect.code, b"", "-", has_body,
                                     b"location: " + _location(entry.redirect, req) + b"\r\n")
                         return
+                    self.route_name = entry.name or "%s/%d" % (entry.virtual_service,
+                                                               entry.index)
                     dest = entry.pick()
                     cluster = dest[0]
                     edit = dest[2]
@@ -1112,9 +1117,11 @@ class DownstreamProtocol:
         self.cluster = None
 
     def _log(self, ctx, status, dur, ep):
-        from meshproxy.accesslog import AccessRecord
+        # Cold unless the access log is on; what is fixed per connection is formatted once.
         p = self.parser
-        rec = AccessRecord()
+        if self.addr_strs is None:
+            self.addr_strs = (_addr(self.sockname), _addr(self.peer))
+        rec = _access_record()()
         rec.start_time = time.time() - dur
         rec.method = _s(p.method)
         rec.path = _s(p.path)
@@ -1130,9 +1137,9 @@ class DownstreamProtocol:
         rec.authority = _s(p.host)
         rec.upstream_host = ep.host if ep is not None else None
         rec.upstream_cluster = self.cluster.name if self.cluster is not None else None
-        rec.downstream_local_address = _addr(self.sockname)
-        rec.downstream_remote_address = _addr(self.peer)
-        rec.route_name = "default" if self.cluster is not None else None
+        rec.downstream_local_address = self.addr_strs[0]
+        rec.downstream_remote_address = self.addr_strs[1]
+        rec.route_name = self.route_name if self.cluster is not None else None
         ctx.access_log.log(rec)
 
     def _last_rid(self):
@@ -1186,8 +1193,7 @@ class DownstreamProtocol:
         self._close()
 
     def _log_error(self, ctx, status):
-        from meshproxy.accesslog import AccessRecord
-        rec = AccessRecord()
+        rec = _access_record()()
         rec.start_time = time.time()
         rec.response_code = status
         rec.response_flags = "DPE"
@@ -1621,6 +1627,17 @@ class MirrorProtocol:
 
     def resume_writing(self):
         pass
+
+
+_ACCESS_RECORD = []
+
+
+def _access_record():
+    """accesslog.AccessRecord, imported on first use (the access log is off by default)."""
+    if not _ACCESS_RECORD:
+        from meshproxy.accesslog import AccessRecord
+        _ACCESS_RECORD.append(AccessRecord)
+    return _ACCESS_RECORD[0]
 
 
 def _s(b):
