@@ -270,12 +270,14 @@ class Cluster:
         return self.group[i]
 
     def pick_other(self, ds, failed):
-        """An endpoint other than ``failed`` for a retry, or None."""
+        """An endpoint other than ``failed`` for a retry, or None. The request's least-request
+        slot moves with it: released on ``failed``, taken on the endpoint returned."""
+        ds.release_lr()
         for _ in range(4):
             ep = self.pick(ds)
-            ds.release_lr()
             if ep is not failed:
                 return ep
+            ds.release_lr()
         for ep in self.group:
             if ep is not failed and ep.healthy:
                 return ep
