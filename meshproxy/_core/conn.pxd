@@ -92,6 +92,7 @@ cdef class DownstreamProtocol:
     cdef public CRequestParser parser
     cdef public CChunkedFramer framer
     cdef public object transport
+    cdef public object tx
     cdef public object buf
     cdef public Py_ssize_t pos
     cdef public int state
@@ -166,6 +167,7 @@ cdef class UpstreamProtocol:
     cdef public object loop
     cdef public CClusterStats stats
     cdef public object transport
+    cdef public object tx
     cdef public DownstreamProtocol downstream
     cdef public CResponseParser parser
     cdef public CChunkedFramer framer

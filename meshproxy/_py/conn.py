@@ -511,6 +511,7 @@ class DownstreamProtocol:
         self.parser = RequestParser(ctx.max_head_size, ctx.max_request_line, ctx.max_headers)
         self.framer = None
         self.transport = None
+        self.tx = None
         self.buf = None
         self.pos = 0
         self.state = ST_HEAD
@@ -557,6 +558,7 @@ class DownstreamProtocol:
 
     def connection_made(self, transport):
         self.transport = transport
+        self.tx = transport.write  # bound once: no attribute lookup per response
         listener = self.listener
         listener.connections.add(self)
         listener.ctx.stats.cx_open()
@@ -839,7 +841,7 @@ class DownstreamProtocol:
         if up is not None:
             up.attach(self, True)
             self.upstream = up
-            up.transport.write(head)
+            up.tx(head)
         else:
             self.pending = [head]
             self._connect(ep)
@@ -917,7 +919,7 @@ class DownstreamProtocol:
                 m.send(data)
         up = self.upstream
         if up is not None and up.transport is not None:
-            up.transport.write(data)
+            up.tx(data)
             return
         pending = self.pending
         if pending is None:
@@ -1050,7 +1052,7 @@ class DownstreamProtocol:
 
     def write(self, data):
         self.bytes_tx += len(data)
-        self.transport.write(data)
+        self.tx(data)
 
     def start_tunnel(self, up):
         """A 101 response: from now on bytes are copied both ways."""
@@ -1260,6 +1262,7 @@ class UpstreamProtocol:
         self.loop = loop
         self.stats = stats
         self.transport = None
+        self.tx = None
         self.downstream = None
         self.parser = None
         self.framer = None
@@ -1333,6 +1336,7 @@ class UpstreamProtocol:
 
     def connection_made(self, transport):
         self.transport = transport
+        self.tx = transport.write  # bound once: no attribute lookup per request
         ep = self.endpoint
         ep.cx_active += 1
         self.stats.cx_open()
