@@ -11,10 +11,11 @@ NO_EXTENSIONS = bool(os.environ.get("MESHPROXY_NO_EXTENSIONS"))
 DEBUG = bool(os.environ.get("MESHPROXY_DEBUG"))
 
 # Modules written in Cython (.pyx, with a hand-written pure-Python twin in meshproxy/_py/) and
-# modules written once in Python and compiled with an augmenting .pxd (the twin is the same source,
-# imported uncompiled from meshproxy/_py/).
+# modules written once in Python (meshproxy/_core/<name>.py) and compiled with the augmenting .pxd
+# beside them; their twin is the same source, imported uncompiled as meshproxy._py.<name>
+# (see meshproxy/_py/__init__.py).
 PYX_MODULES = ["http1", "balancer", "counters"]
-PURE_MODE_MODULES = ["conn", "router"]
+PURE_MODE_MODULES = ["router", "cluster", "stream", "http1conn"]
 
 
 def extensions():

@@ -2,21 +2,38 @@
 
 Import hot-path modules from here, never directly::
 
-    from meshproxy.core import http1, balancer, counters, conn
+    from meshproxy.core import http1, balancer, counters, router, cluster, stream, http1conn
 
 ``MESHPROXY_NO_EXTENSIONS=1`` selects the twins; so does a build without the extensions.
 ``COMPILED`` tells which one is in use.
 """
+import importlib
+
 from meshproxy._env import NO_EXTENSIONS
+
+#: Every hot-path module, in dependency order.
+MODULES = ("http1", "balancer", "counters", "router", "cluster", "stream", "http1conn")
+
+
+def _load(package):
+    return [importlib.import_module(f"{package}.{m}") for m in MODULES]
+
+
+def is_compiled(module) -> bool:
+    """True when ``module`` is a compiled extension module (not Python source)."""
+    return getattr(module, "__file__", "").endswith((".so", ".pyd"))
+
 
 COMPILED = False
 if not NO_EXTENSIONS:
     try:
-        from meshproxy._core import balancer, conn, counters, http1, router  # noqa: F401
-        COMPILED = conn.__file__.endswith((".so", ".pyd")) and http1.__file__.endswith((".so", ".pyd"))
+        _mods = _load("meshproxy._core")
+        COMPILED = all(is_compiled(m) for m in _mods)
     except ImportError:
         COMPILED = False
 if not COMPILED:
-    from meshproxy._py import balancer, conn, counters, http1, router  # noqa: F401,F811
+    _mods = _load("meshproxy._py")
 
-__all__ = ["COMPILED", "balancer", "conn", "counters", "http1", "router"]
+http1, balancer, counters, router, cluster, stream, http1conn = _mods
+
+__all__ = ["COMPILED", "MODULES", "is_compiled"] + list(MODULES)

@@ -1,8 +1,8 @@
 """``meshproxy explain``: what the sidecar would do with a request, and why, without sending it.
 
 It compiles the config exactly as ``meshproxy run`` does, parses the request with the data plane's
-own parser, and walks the same ``router.RouteTable`` the data plane uses, so the answer is the
-data plane's answer: the virtual host, every route tried in order with the first condition that
+own parser, builds the same ``router.RouteContext`` and calls the same ``router.decide`` the data
+plane calls, so the answer is the data plane's answer: the virtual host, every route tried in order with the first condition that
 failed, the route that matched, its destinations and weights, the load-balancing policy and the
 endpoints it chooses among, and any rewrite, header edit, redirect, direct response, fault or
 mirror.
@@ -62,47 +62,44 @@ def explain(snap: Snapshot, method: str, url: str, headers: list[str],
                + "".join(f"\n          {h}" for h in headers if not h.lower().startswith("host:")))
     out.append(f"listener  {lst.name} {lst.address}:{lst.port}")
     clusters = {c.name: c for c in snap.clusters}
+    # The data plane's own route context and decision, over stand-in clusters.
+    rc = router.build_route_context(lst, {name: _Named(name) for name in clusters})
+    req = router.RequestView(p, b"http", lst.port)
+    decision = router.decide(rc, req)
     host = (p.host or b"").decode("latin-1")
-    vh = None
-    domain = None
-    for v in lst.virtual_hosts:
-        if host in v.domains:
-            vh, domain = v, host
-            break
-    if vh is None:
-        bare = host.rsplit(":", 1)[0] if ":" in host else host
-        best = None
-        for v in lst.virtual_hosts:
-            for d in v.domains:
-                if d.startswith("*") and (bare.endswith(d[1:]) or host.endswith(d[1:])):
-                    if best is None or len(d) > len(best[1]):
-                        best = (v, d)
-        if best is not None:
-            vh, domain = best
+    target = router.host_target(rc, p.host) if p.host is not None else None
     summary: dict = {}
-    if vh is None:
-        if lst.default_cluster:
+    if target is None:
+        if decision.action == router.A_ROUTE:
             out.append(f"no virtual host has the domain {host!r}: the listener's default cluster")
-            return out + _describe_cluster(clusters.get(lst.default_cluster),
-                                           lst.default_cluster, snap), {
-                "status": None, "cluster": lst.default_cluster}
+            return out + _describe_cluster(clusters.get(decision.cluster_name),
+                                           decision.cluster_name, snap), {
+                "status": None, "cluster": decision.cluster_name}
+        if decision is router.CONNECT_NOT_ALLOWED:
+            out.append("no virtual host has the domain; CONNECT is not proxied: 405")
+            return out, {"status": 405}
         known = sorted({d for v in lst.virtual_hosts for d in v.domains if ":" not in d})
         out.append(f"no virtual host has the domain {host!r}: 404 NR (no route)")
         if known:
             out.append("  known domains: " + ", ".join(known[:12])
                        + (" ..." if len(known) > 12 else ""))
         return out, {"status": 404, "flags": "NR"}
-    out.append(f"vhost     {vh.name}  (domain {domain!r})")
-    if len(vh.routes) == 1 and vh.routes[0].is_simple:
-        r = vh.routes[0]
+    domain = router.matched_domain(rc, p.host).decode("latin-1")
+    if type(target) is not router.RouteTable:
+        vh = next(v for v in lst.virtual_hosts if domain in v.domains)
+        out.append(f"vhost     {vh.name}  (domain {domain!r})")
         out.append("routes    no VirtualService for this host: the default route sends everything "
                    "to the service")
-        summary = {"status": None, "route": "default", "cluster": r.cluster}
-        return out + _describe_cluster(clusters.get(r.cluster), r.cluster, snap), summary
-    fake = {name: _Named(name) for name in clusters}
-    table = router.RouteTable(vh.name, vh.routes, fake)
-    req = router.RequestView(p, b"http", lst.port)
+        if decision is router.CONNECT_NOT_ALLOWED:
+            out.append("result    CONNECT is not proxied: 405")
+            return out, {"status": 405, "route": "default"}
+        summary = {"status": None, "route": "default", "cluster": decision.cluster_name}
+        return out + _describe_cluster(clusters.get(decision.cluster_name),
+                                       decision.cluster_name, snap), summary
+    table = target
+    out.append(f"vhost     {table.name}  (domain {domain!r})")
     tried, entry = table.explain(req)
+    vh = next(v for v in lst.virtual_hosts if v.name == table.name)
     vs_names = sorted({r.virtual_service for r in vh.routes if r.virtual_service})
     out.append("routes    VirtualService " + ", ".join(vs_names) + " (first match wins)")
     for label, _block, why in tried:
@@ -121,23 +118,25 @@ def explain(snap: Snapshot, method: str, url: str, headers: list[str],
         if f.delay:
             out.append(f"fault     delay {f.delay:g}s for {f.delay_percent:g}% of requests"
                        " (flag DI)")
+    if decision is router.CONNECT_NOT_ALLOWED:
+        out.append("result    CONNECT is not proxied: 405")
+        summary["status"] = 405
+        return out, summary
     if route.direct_response is not None:
         d = route.direct_response
         out.append(f"result    direct response {d.status}" + (f" body {d.body!r}" if d.body else ""))
-        summary["status"] = d.status
+        summary["status"] = decision.status
         return out, summary
     if route.redirect is not None:
-        loc = _location(route.redirect, req)
+        loc = router.location(route.redirect, req).decode("latin-1")
         out.append(f"result    redirect {route.redirect.code} to {loc}")
-        summary["status"] = route.redirect.code
+        summary["status"] = decision.status
         summary["location"] = loc
         return out, summary
     if route.rewrite is not None:
-        new_path = table.entries[table.entries.index(entry)].rewritten_path(
-            req, _matched_block(entry, req))
         rw = route.rewrite
-        if new_path is not None:
-            out.append(f"rewrite   path {_s(req.path())} -> {_s(new_path)}")
+        if decision.path is not None:
+            out.append(f"rewrite   path {_s(req.path())} -> {_s(decision.path)}")
         if rw.authority:
             out.append(f"rewrite   authority {host} -> {rw.authority}")
     _edits(out, "request headers", route.request_headers)
@@ -157,6 +156,9 @@ def explain(snap: Snapshot, method: str, url: str, headers: list[str],
         out += _describe_cluster(clusters.get(d.cluster), d.cluster, snap)
     if len(route.destinations) == 1:
         summary["cluster"] = route.destinations[0].cluster
+        if decision.action != router.A_ROUTE:
+            summary["status"] = decision.status
+            summary["flags"] = decision.flags
     return out, summary
 
 
@@ -165,16 +167,6 @@ class _Named:
 
     def __init__(self, name):
         self.name = name
-
-
-def _matched_block(entry, req):
-    b = entry.first_match(req)
-    return b
-
-
-def _location(redirect, req) -> str:
-    from meshproxy.core import conn
-    return conn._location(redirect, req).decode("latin-1")
 
 
 def _edits(out: list, what: str, ops: HeaderOps, indent: str = "") -> None:

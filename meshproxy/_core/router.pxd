@@ -1,5 +1,9 @@
-# Augmenting declarations for meshproxy/_core/router.py (a link to meshproxy/_py/router.py):
-# compiled, route matching runs as C over typed fields; the source stays plain Python (the twin).
+# Augmenting declarations for meshproxy/_core/router.py (single source: meshproxy._py.router is the
+# same file uncompiled): compiled, route matching and decide() run as C over typed fields.
+#
+# decide(rc, req) is the engine's per-request call: it returns a Decision, shared and prebuilt
+# whenever it does not depend on the request (hosts without a VirtualService, every destination of a
+# route); only redirects and path rewrites build one per request.
 cimport cython
 
 from meshproxy._core.http1 cimport RequestParser as CRequestParser
@@ -61,22 +65,43 @@ cdef class HeaderEdit:
 
 
 @cython.final
+cdef class Decision:
+    cdef public int action
+    cdef public object cluster
+    cdef public str cluster_name
+    cdef public object route_name
+    cdef public object entry
+    cdef public int status
+    cdef public str flags
+    cdef public bytes body, extra
+    cdef public HeaderEdit request_edit, response_edit
+    cdef public object path
+    cdef public tuple filters
+    cdef public bint body_filters
+
+    cpdef Decision with_path(self, object path)
+
+
+@cython.final
 cdef class RouteEntry:
     cdef public object route
-    cdef public str name, virtual_service
+    cdef public str name, virtual_service, route_name
     cdef public int index
     cdef public list blocks, destinations, mirrors
-    cdef public bint match_all
+    cdef public bint match_all, rewrites_path
     cdef public long total_weight
-    cdef public object request_edit, response_edit, redirect, direct, rewrite, fault
-    cdef public bytes direct_body
+    cdef public object redirect, rewrite, fault
+    cdef public Decision direct
+    cdef public tuple local_filters
     cdef public object rewrite_uri, rewrite_authority, rewrite_regex, rewrite_regex_sub
 
     @cython.locals(b=MatchBlock)
     cpdef object first_match(self, RequestView req)
-    cpdef tuple pick(self)
+    cpdef Decision pick(self)
     @cython.locals(acc=long, x=double)
-    cpdef tuple pick_destination(self, double r)
+    cpdef Decision pick_destination(self, double r)
+    @cython.locals(d=Decision)
+    cpdef Decision decide(self, RequestView req)
     cpdef object rewritten_path(self, RequestView req, object block)
 
 
@@ -88,6 +113,25 @@ cdef class RouteTable:
 
     @cython.locals(e=RouteEntry)
     cpdef tuple match(self, RequestView req)
+    @cython.locals(e=RouteEntry)
+    cpdef Decision decide(self, RequestView req)
     @cython.locals(e=RouteEntry, b=MatchBlock, have="long long", bit="long long", name=bytes,
                    uri=bytes, prefix=bytes, parser=CRequestParser)
     cpdef RouteEntry find(self, RequestView req)
+
+
+@cython.final
+cdef class RouteContext:
+    cdef public dict hosts, tables
+    cdef public list wildcards
+    cdef public Decision default
+
+    @cython.locals(p=CRequestParser, host=bytes, d=Decision, table=RouteTable)
+    cpdef Decision decide(self, RequestView req)
+
+
+
+@cython.locals(d=Decision, t=RouteTable)
+cpdef object host_target(RouteContext rc, bytes host)
+
+cpdef Decision decide(RouteContext rc, RequestView req)

@@ -1,0 +1,109 @@
+# Augmenting declarations for meshproxy/_core/cluster.py (single source: meshproxy._py.cluster is
+# the same file uncompiled). Compiled, a pick is C calls over typed fields and the C pickers.
+#
+# Contract:
+#   Cluster.choose(lb) -> Endpoint or None. Takes the request's slot on the endpoint (rq_active,
+#     least-request count); every successful choose is paired with exactly one release(ep).
+#   Cluster.release(ep): gives the slot back; safe across a picker rebuild (generations differ).
+#   OutlierDetector.put_result(ep, result): result > 0 is an HTTP status, < 0 a RESULT_* code.
+#     Called for connection outcomes always, for response statuses only when wants_responses.
+#   Pool.acquire() -> an idle UpstreamConnection (typed object here: stream.pxd owns the type).
+cimport cython
+
+from meshproxy._core.balancer cimport LeastRequestPicker as CLeastRequestPicker
+from meshproxy._core.balancer cimport MaglevPicker as CMaglevPicker
+from meshproxy._core.balancer cimport RandomPicker as CRandomPicker
+from meshproxy._core.balancer cimport RingHashPicker as CRingHashPicker
+from meshproxy._core.balancer cimport RoundRobinPicker as CRoundRobinPicker
+from meshproxy._core.counters cimport ClusterStats as CClusterStats
+
+cdef int P_NONE, P_ROUND_ROBIN, P_RANDOM, P_LEAST_REQUEST, P_RING_HASH, P_MAGLEV
+cdef int H_OUTLIER, H_ACTIVE_HC
+
+
+@cython.final
+cdef class Pool:
+    cdef public tuple key
+    cdef public str address
+    cdef public int port
+    cdef public object transport, protocol
+    cdef public str host
+    cdef public list idle
+    cdef public Py_ssize_t cx_active, cx_total
+
+    cpdef object acquire(self)
+    cpdef release(self, object up, Py_ssize_t max_idle, double idle_timeout)
+
+
+@cython.final
+cdef class Endpoint:
+    cdef public str address
+    cdef public int port
+    cdef public str host
+    cdef public Pool pool
+    cdef public Py_ssize_t rq_active, rq_total
+    cdef public int health_flags
+    cdef public bint healthy
+    cdef public double ejected_until
+    cdef public long ejections
+    cdef public Py_ssize_t slot
+    cdef public long long gen
+
+    cpdef bint set_health_flag(self, int flag, bint on)
+
+
+@cython.final
+cdef class LbContext:
+    cdef public unsigned long long hash_key
+    cdef public bint has_key
+    cdef public list avoid
+    cdef public bytes authority
+    cdef public bytes source
+
+    cpdef reset(self)
+
+
+cdef class OutlierDetector:
+    cdef public object cluster
+    cdef public bint wants_responses
+    cdef public list ejected
+
+    cpdef put_result(self, Endpoint ep, long result)
+    cpdef eject(self, Endpoint ep, double seconds)
+    cpdef tick(self, double now)
+
+
+@cython.final
+cdef class Cluster:
+    cdef public str name
+    cdef public CClusterStats stats
+    cdef public object info
+    cdef public str policy
+    cdef public object hash_policy
+    cdef public double connect_timeout, idle_timeout
+    cdef public Py_ssize_t max_idle
+    cdef public bint passthrough, needs_context
+    cdef public int default_port
+    cdef public object pool_for
+    cdef public list endpoints, weights, priorities, group
+    cdef public object picker
+    cdef public int kind
+    cdef public Endpoint single
+    cdef public int priority
+    cdef public long long gen
+    cdef public dict original
+    cdef public OutlierDetector detector
+
+    @cython.locals(ep=Endpoint, lr=CLeastRequestPicker)
+    cpdef Endpoint choose(self, LbContext lb)
+    @cython.locals(lr=CLeastRequestPicker)
+    cpdef release(self, Endpoint ep)
+    @cython.locals(kind=int, key="unsigned long long", rr=CRoundRobinPicker, lr=CLeastRequestPicker,
+                   rnd=CRandomPicker, rh=CRingHashPicker, mg=CMaglevPicker)
+    cpdef Py_ssize_t _pick_index(self, LbContext lb) except -1
+    @cython.locals(ep=Endpoint)
+    cpdef Endpoint _other(self, LbContext lb)
+    @cython.locals(ep=Endpoint, port=int, colon=Py_ssize_t, host=bytes, name=bytes)
+    cpdef Endpoint _original_destination(self, LbContext lb)
+    cpdef health_changed(self)
+    cpdef rebuild(self)

@@ -1,0 +1,434 @@
+"""Clusters as the data plane uses them: endpoints, pickers, connection pools, endpoint health.
+
+One source, two builds: Cython compiles this file with ``cluster.pxd`` (final cdef classes, C
+calls); ``meshproxy._py.cluster`` is the same file uncompiled. Keep it plain Python.
+
+Theory of operation
+-------------------
+* A ``Pool`` holds the idle connections to one (address, port, transport, protocol) key. The
+  transport is part of the key (plaintext today; the TLS identity to present and the one to expect
+  once mutual TLS arrives), so a connection is only ever reused for a request that needs exactly
+  the same transport. Pools are shared by every cluster that reaches the same key and survive
+  reloads (warm connections stay warm); the cluster manager owns them.
+* An ``Endpoint`` is one host *of one cluster* (as Envoy's Host): its pool, its live request
+  counts and its health. Two clusters listing the same address have two Endpoints over one Pool, so
+  each keeps its own settings (connect timeout, idle timeout, idle connections kept) and its own
+  outlier state.
+* A ``Cluster`` groups its endpoints by priority (locality failover, computed by control: 0 is the
+  sidecar's own locality) and keeps a picker over the first group that has a healthy endpoint. The
+  picker is rebuilt when membership or health changes, never per pick. ``choose(lb)`` returns an
+  endpoint for an ``LbContext`` (hash key, endpoints to avoid on a retry, the request's authority for
+  original-destination clusters) and takes the request's slot on it; ``release(ep)`` gives it back.
+  Pickers never see a stream or a connection.
+* Endpoint health goes through one interface, ``OutlierDetector.put_result(endpoint, result)``:
+  ``result`` is an HTTP status (> 0) or one of the ``RESULT_*`` local-origin outcomes (Envoy's
+  ``Outlier::Result``). An endpoint is out of rotation while any ``H_*`` health bit is set (an
+  outlier ejection, later an active health check): it returns only when every bit has cleared.
+"""
+from random import random as _random
+from time import monotonic as _monotonic
+
+# Relative import: compiled, the compiled pickers; as meshproxy._py.cluster, their twins.
+from . import balancer as _balancer
+
+# Picker classes, dispatched on per pick (``Cluster.kind``).
+P_NONE = 0
+P_ROUND_ROBIN = 1
+P_RANDOM = 2
+P_LEAST_REQUEST = 3
+P_RING_HASH = 4
+P_MAGLEV = 5
+
+_KINDS = {"ROUND_ROBIN": P_ROUND_ROBIN, "RANDOM": P_RANDOM, "LEAST_REQUEST": P_LEAST_REQUEST,
+          "RING_HASH": P_RING_HASH, "MAGLEV": P_MAGLEV}
+
+# Why an endpoint is out of rotation (bits of ``Endpoint.health_flags``).
+H_OUTLIER = 1  # ejected by the cluster's outlier detector
+H_ACTIVE_HC = 2  # failing its active health check
+
+# Local-origin outcomes for ``OutlierDetector.put_result`` (HTTP statuses are passed as they are).
+RESULT_CONNECT_SUCCESS = -1
+RESULT_CONNECT_FAILED = -2
+RESULT_CONNECT_TIMEOUT = -3
+RESULT_RESET = -4  # the connection broke before a response head arrived
+RESULT_TIMEOUT = -5  # the request timed out waiting for the upstream
+
+#: How long a connect failure keeps an endpoint out of rotation when the cluster has no
+#: ``outlierDetection`` (Istio's default retry policy retries connect failures elsewhere).
+CONNECT_FAILURE_EJECTION = 5.0
+
+#: The transport of a plaintext pool key.
+TRANSPORT_PLAINTEXT = "plaintext"
+#: The protocol of an HTTP/1.1 pool key.
+PROTOCOL_HTTP1 = "http/1.1"
+
+_GENERATION = [0]
+
+#: Original-destination endpoints kept per passthrough cluster (oldest dropped first).
+PASSTHROUGH_MAX = 4096
+
+
+def pool_key(address, port, transport=TRANSPORT_PLAINTEXT, protocol=PROTOCOL_HTTP1):
+    """The key of the pool that may serve a request to ``address:port`` over ``transport``."""
+    return (address, port, transport, protocol)
+
+
+class Pool:
+    """The connections to one (address, port, transport, protocol): idle ones are reused LIFO.
+
+    A pool does not decide how long a connection may idle or how many are kept: the cluster whose
+    request used the connection last does (``release(up, max_idle, idle_timeout)``).
+    """
+
+    def __init__(self, key):
+        self.key = key
+        self.address = key[0]
+        self.port = key[1]
+        self.transport = key[2]
+        self.protocol = key[3]
+        self.host = "%s:%d" % (self.address, self.port)
+        self.idle = []
+        self.cx_active = 0
+        self.cx_total = 0
+
+    def acquire(self):
+        """An idle connection (most recently used first), or None."""
+        idle = self.idle
+        while idle:
+            up = idle.pop()
+            if not up.closed:
+                return up
+        return None
+
+    def release(self, up, max_idle, idle_timeout):
+        """Keep ``up`` for reuse for at most ``idle_timeout`` s, unless ``max_idle`` are kept."""
+        if up.closed:
+            return
+        if len(self.idle) >= max_idle:
+            up.close()
+            return
+        up.idle_deadline = _monotonic() + idle_timeout
+        self.idle.append(up)
+
+    def sweep(self, now):
+        """Close idle connections past their deadline; drop closed ones."""
+        keep = []
+        for up in self.idle:
+            if up.closed:
+                continue
+            if now >= up.idle_deadline:
+                up.close()
+                continue
+            keep.append(up)
+        self.idle = keep
+
+    def close_idle(self):
+        idle = self.idle
+        self.idle = []
+        for up in idle:
+            up.close()
+
+
+class Endpoint:
+    """One host of one cluster: its pool, live request counts, health and picker slot."""
+
+    def __init__(self, address, port, pool):
+        self.address = address
+        self.port = port
+        self.host = "%s:%d" % (address, port)
+        self.pool = pool
+        self.rq_active = 0
+        self.rq_total = 0
+        self.health_flags = 0
+        self.healthy = True
+        self.ejected_until = 0.0
+        self.ejections = 0
+        self.slot = -1  # index in the cluster's current picker (valid while gen matches)
+        self.gen = -1
+
+    @property
+    def health(self):
+        """Envoy's health word for ``/clusters``."""
+        return "HEALTHY" if self.health_flags == 0 else "UNHEALTHY"
+
+    def set_health_flag(self, flag, on):
+        """Set or clear one ``H_*`` bit; True when the endpoint's eligibility changed."""
+        was = self.health_flags == 0
+        if on:
+            self.health_flags |= flag
+        else:
+            self.health_flags &= ~flag
+        self.healthy = self.health_flags == 0
+        return self.healthy != was
+
+
+class LbContext:
+    """What a picker may know about a request (Envoy's LoadBalancerContext).
+
+    ``hash_key``: the consistent-hash key when ``has_key`` (else a random key is used); ``avoid``: endpoints a
+    retry should not go back to (None: any); ``authority``: the request's ``host[:port]`` (for
+    original-destination clusters); ``source``: the client's address.
+    """
+
+    def __init__(self):
+        self.hash_key = 0
+        self.has_key = False
+        self.avoid = None
+        self.authority = None
+        self.source = b""
+
+    def reset(self):
+        self.hash_key = 0
+        self.has_key = False
+        self.avoid = None
+        self.authority = None
+
+
+class OutlierDetector:
+    """Endpoint health from request outcomes (Envoy's ``Outlier::Detector``).
+
+    The engine reports every connection outcome, and every response status when
+    ``wants_responses`` is True, through ``put_result``. This base detector implements the
+    sidecar's passive default: a connect failure (or connect timeout) ejects the endpoint for
+    ``CONNECT_FAILURE_EJECTION`` seconds. ``tick(now)`` (the cluster manager's periodic tick)
+    returns ejected endpoints whose time is over. Istio's ``outlierDetection`` extends this class.
+    """
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.wants_responses = False
+        self.ejected = []
+
+    def put_result(self, ep, result):
+        if result == RESULT_CONNECT_FAILED or result == RESULT_CONNECT_TIMEOUT:
+            self.eject(ep, CONNECT_FAILURE_EJECTION)
+
+    def eject(self, ep, seconds):
+        ep.ejected_until = _monotonic() + seconds
+        if ep.health_flags & H_OUTLIER:
+            return
+        ep.ejections += 1
+        self.ejected.append(ep)
+        if ep.set_health_flag(H_OUTLIER, True):
+            self.cluster.health_changed()
+
+    def tick(self, now):
+        if not self.ejected:
+            return
+        keep = []
+        changed = False
+        for ep in self.ejected:
+            if now >= ep.ejected_until:
+                if ep.set_health_flag(H_OUTLIER, False):
+                    changed = True
+            else:
+                keep.append(ep)
+        self.ejected = keep
+        if changed:
+            self.cluster.health_changed()
+
+
+class Cluster:
+    """A cluster as the data plane uses it: endpoints by priority, a picker, counters, settings.
+
+    Args:
+        name: the cluster's name (``outbound|80|v1|reviews.default.svc.cluster.local``).
+        stats: its ``counters.ClusterStats``.
+        info: the snapshot's ``control.snapshot.Cluster`` (for admin and explain), or None.
+        policy: a canonical LB policy name (control normalises Istio's spellings).
+        hash_policy: the snapshot's ``HashPolicy`` for RING_HASH / MAGLEV, else None.
+        passthrough: dial the request's own authority (ServiceEntry ``resolution: NONE``,
+            DestinationRule ``PASSTHROUGH``): explicit mode's original-destination cluster.
+        pool_for: ``pool_for(address, port) -> Pool``; the cluster manager's pool lookup.
+    """
+
+    def __init__(self, name, stats, info=None, policy="LEAST_REQUEST", hash_policy=None,
+                 connect_timeout=10.0, idle_timeout=3600.0, max_idle=1024, passthrough=False,
+                 default_port=80, pool_for=None):
+        self.name = name
+        self.stats = stats
+        self.info = info
+        self.policy = policy
+        self.hash_policy = hash_policy
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.max_idle = max_idle
+        self.passthrough = passthrough
+        self.default_port = default_port
+        self.pool_for = pool_for
+        # An LbContext is only needed when the pick depends on the request.
+        self.needs_context = passthrough or hash_policy is not None
+        self.endpoints = []
+        self.weights = []
+        self.priorities = []
+        self.group = []
+        self.picker = None
+        self.kind = P_NONE
+        self.single = None
+        self.priority = 0
+        self.gen = 0
+        self.original = None  # passthrough: (address, port) -> Endpoint
+        self.detector = OutlierDetector(self)
+
+    def set_endpoints(self, endpoints, weights, priorities=None):
+        """New membership (apply, DNS re-resolution): rebuild the groups and the picker."""
+        self.endpoints = list(endpoints)
+        self.weights = [w if w > 0 else 1 for w in weights]
+        self.priorities = list(priorities) if priorities else [0] * len(self.endpoints)
+        self.rebuild()
+
+    def health_changed(self):
+        """An endpoint's eligibility changed (the detector or a health check says so)."""
+        self.rebuild()
+
+    def rebuild(self):
+        # Generations are unique across clusters: an endpoint carried into a reloaded cluster
+        # must never match its old cluster's picker (its slot would index the wrong table).
+        _GENERATION[0] += 1
+        self.gen = _GENERATION[0]
+        eps = self.endpoints
+        prios = self.priorities
+        best = -1
+        for i in range(len(eps)):
+            if eps[i].healthy and (best < 0 or prios[i] < best):
+                best = prios[i]
+        if best < 0:
+            # Nothing healthy: panic mode, as Envoy, balance over the first group regardless.
+            best = min(prios) if prios else 0
+            idx = [i for i in range(len(eps)) if prios[i] == best]
+        else:
+            idx = [i for i in range(len(eps)) if prios[i] == best and eps[i].healthy]
+        self.priority = best
+        for ep in eps:
+            ep.gen = -1
+        self.group = [eps[i] for i in idx]
+        for slot in range(len(self.group)):
+            self.group[slot].slot = slot
+            self.group[slot].gen = self.gen
+        self.single = self.group[0] if len(self.group) == 1 else None
+        if len(self.group) > 1:
+            self.picker = _balancer.make_picker(self.policy, [self.weights[i] for i in idx],
+                                                **self._picker_options())
+            self.kind = _KINDS.get(self.policy, P_ROUND_ROBIN)
+        else:
+            self.picker = None
+            self.kind = P_NONE
+
+    def _picker_options(self):
+        hp = self.hash_policy
+        if hp is None:
+            return {}
+        if self.policy == "MAGLEV" and hp.maglev_table_size:
+            return {"table_size": hp.maglev_table_size}
+        if self.policy == "RING_HASH" and hp.ring_size:
+            return {"minimum_ring_size": hp.ring_size}
+        return {}
+
+    def choose(self, lb):
+        """The endpoint for the next request (``lb``: an LbContext or None), or None when the
+        cluster has none to offer. The request holds a slot on it until ``release(ep)``."""
+        if self.passthrough:
+            ep = self._original_destination(lb)
+            if ep is None:
+                return None
+        else:
+            ep = self.single
+            if ep is None:
+                if self.picker is None:
+                    return None
+                ep = self.group[self._pick_index(lb)]
+            if lb is not None and lb.avoid is not None and ep in lb.avoid:
+                ep = self._other(lb)
+                if ep is None:
+                    return None
+            if self.kind == P_LEAST_REQUEST and ep.gen == self.gen:
+                lr = self.picker
+                lr.acquire(ep.slot)
+        ep.rq_active += 1
+        ep.rq_total += 1
+        return ep
+
+    def release(self, ep):
+        """The request that ``choose`` gave ``ep`` to is over (or moves elsewhere)."""
+        ep.rq_active -= 1
+        if self.kind == P_LEAST_REQUEST and ep.gen == self.gen:
+            lr = self.picker
+            lr.release(ep.slot)
+
+    def _pick_index(self, lb):
+        # One branch per picker class, each through a typed local, so the compiled build calls
+        # the picker with a C call (cluster.pxd types rr/lr/rnd/rh/mg).
+        kind = self.kind
+        picker = self.picker
+        if kind == P_ROUND_ROBIN:
+            rr = picker
+            return rr.pick()
+        if kind == P_LEAST_REQUEST:
+            lr = picker
+            return lr.pick()
+        if kind == P_RANDOM:
+            rnd = picker
+            return rnd.pick()
+        if lb is not None and lb.has_key:
+            key = lb.hash_key
+        else:
+            key = int(_random() * 2 ** 62)
+        if kind == P_RING_HASH:
+            rh = picker
+            return rh.pick(key)
+        mg = picker
+        return mg.pick(key)
+
+    def _other(self, lb):
+        """An endpoint not in ``lb.avoid`` (a retry), or None."""
+        avoid = lb.avoid
+        if self.picker is not None:
+            for _ in range(4):
+                ep = self.group[self._pick_index(lb)]
+                if ep not in avoid:
+                    return ep
+        for ep in self.group:
+            if ep not in avoid:
+                return ep
+        # The whole group is excluded: fall back to healthy endpoints of lower priorities.
+        for i in range(len(self.endpoints)):
+            ep = self.endpoints[i]
+            if ep.healthy and ep not in avoid and self.priorities[i] != self.priority:
+                return ep
+        return None
+
+    def _original_destination(self, lb):
+        """The endpoint named by the request's own authority (``host[:port]``), or None."""
+        if lb is None or not lb.authority:
+            return None
+        host = lb.authority
+        name = host
+        port = self.default_port
+        colon = host.rfind(b":")
+        if colon > 0 and b"]" not in host[colon:]:
+            name = host[:colon]
+            try:
+                port = int(host[colon + 1:])
+            except ValueError:
+                return None
+            if not 0 < port < 65536:
+                return None
+        if name.startswith(b"[") and name.endswith(b"]"):
+            name = name[1:-1]
+        key = (name, port)
+        if self.original is None:
+            self.original = {}
+        ep = self.original.get(key)
+        if ep is None:
+            if len(self.original) >= PASSTHROUGH_MAX:
+                del self.original[next(iter(self.original))]
+            address = name.decode("latin-1")
+            ep = Endpoint(address, port, self.pool_for(address, port))
+            self.original[key] = ep
+        return ep
+
+    def all_endpoints(self):
+        """Every endpoint, original-destination ones included (for admin)."""
+        if self.original:
+            return self.endpoints + list(self.original.values())
+        return list(self.endpoints)

@@ -1,0 +1,63 @@
+# Augmenting declarations for meshproxy/_core/http1conn.py (single source: meshproxy._py.http1conn
+# is the same file uncompiled): the HTTP/1 codec as a final cdef class implementing stream.Codec.
+cimport cython
+
+from meshproxy._core.counters cimport ClusterStats as CClusterStats
+from meshproxy._core.http1 cimport ChunkedFramer as CChunkedFramer
+from meshproxy._core.http1 cimport RequestParser as CRequestParser
+from meshproxy._core.http1 cimport ResponseParser as CResponseParser
+from meshproxy._core.router cimport RequestView as CRequestView
+from meshproxy._core.router cimport RouteContext as CRouteContext
+from meshproxy._core.stream cimport Codec, Stream
+
+cdef int ST_HEAD, ST_BODY, ST_WAIT, ST_TUNNEL, ST_CLOSED
+cdef int PAUSE_PIPELINE
+cdef Py_ssize_t MAX_PIPELINED
+
+
+@cython.final
+cdef class ListenerContext:
+    cdef public str name
+    cdef public CRouteContext routes
+    cdef public CClusterStats stats
+    cdef public object access_log
+    cdef public Py_ssize_t max_head_size, max_request_line, max_headers
+    cdef public str version
+
+
+@cython.final
+cdef class Listener:
+    cdef public ListenerContext ctx
+    cdef public object loop
+    cdef public set connections
+    cdef public bint draining
+    cdef public object server
+
+
+@cython.final
+cdef class Http1Connection(Codec):
+    cdef public Listener listener
+    cdef public CRequestParser parser
+    cdef public CRequestView view
+    cdef public CChunkedFramer framer
+    cdef public object transport
+    cdef public object tx
+    cdef public object buf
+    cdef public Py_ssize_t pos
+    cdef public int state
+    cdef public int paused
+    cdef public bint in_process, keep_alive
+    cdef public long long req_remaining
+    cdef public Stream stream
+    cdef public object peer, sockname
+    cdef public tuple addr_strs
+
+    cpdef _process(self)
+    @cython.locals(state=int, pos=Py_ssize_t, end=Py_ssize_t, n=Py_ssize_t)
+    cpdef _process_loop(self)
+    @cython.locals(p=CRequestParser, listener=Listener, has_body=bint, s=Stream,
+                   framer=CChunkedFramer)
+    cpdef _on_head(self, Py_ssize_t n)
+    @cython.locals(s=Stream, k=Py_ssize_t, done=bint)
+    cpdef _request_body(self, object buf, Py_ssize_t pos, Py_ssize_t end)
+    cpdef _close(self)

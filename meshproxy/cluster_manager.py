@@ -1,0 +1,212 @@
+"""The cluster manager: clusters, their endpoints, connection pools, DNS refresh, endpoint health.
+
+It turns a snapshot's clusters into the data plane's ``cluster.Cluster`` objects and keeps what
+must outlive a reload:
+
+* **pools**, keyed by (address, port, transport, protocol): warm connections stay warm across
+  reloads, and a connection is only ever reused for a request that needs the same transport;
+* **endpoints**, keyed by (cluster, address, port): live request counts and health (an ejected
+  endpoint stays ejected through a reload);
+* **counters**, keyed by cluster name.
+
+Each cluster carries its own settings (connect timeout, idle timeout, idle connections kept), so
+two clusters reaching the same address each behave as configured. ``DNS`` and ``DNS_ROUND_ROBIN``
+clusters are resolved here, off the hot path, again when the shortest record TTL runs out (Envoy's
+``respect_dns_ttl``). ``tick()`` (once a second) expires idle connections and returns ejected
+endpoints whose time is over.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from meshproxy import dns as dns_mod
+from meshproxy.core import cluster as cl
+from meshproxy.core import counters
+
+log = logging.getLogger("meshproxy")
+
+#: DNS clusters are re-resolved when their records' TTL runs out (checked every DNS_TICK s), or
+#: after DNS_RETRY s when resolution failed; the first resolution may hold up applying a snapshot
+#: for DNS_FIRST_TIMEOUT s.
+DNS_TICK = 0.5
+DNS_RETRY = 5.0
+DNS_FIRST_TIMEOUT = 5.0
+
+
+class ClusterManager:
+    """Owns the data plane's clusters, endpoints and pools in one worker process."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.pools: dict = {}  # pool key -> cluster.Pool
+        self.endpoints: dict = {}  # (cluster name, address, port) -> cluster.Endpoint
+        self.stats: dict = {}  # cluster name -> counters.ClusterStats
+        self.clusters: dict = {}  # cluster name -> cluster.Cluster (the applied snapshot's)
+        self.dns_clusters: list = []
+        self.dns_due: dict = {}  # cluster name -> monotonic time its records expire
+        self.resolver = None
+        self._dns_task = None
+        self._closing = False
+
+    # -- building ------------------------------------------------------------------------------
+
+    def pool_for(self, address: str, port: int, transport=cl.TRANSPORT_PLAINTEXT,
+                 protocol=cl.PROTOCOL_HTTP1):
+        """The pool for a key, made on first use."""
+        key = cl.pool_key(address, port, transport, protocol)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = cl.Pool(key)
+        return pool
+
+    def endpoint(self, cluster_name: str, address: str, port: int):
+        key = (cluster_name, address, port)
+        ep = self.endpoints.get(key)
+        if ep is None:
+            ep = self.endpoints[key] = cl.Endpoint(address, port, self.pool_for(address, port))
+        return ep
+
+    def build(self, snap) -> dict:
+        """New Cluster objects for ``snap`` (nothing is switched until ``commit``)."""
+        clusters = {}
+        for c in snap.clusters:
+            stats = self.stats.get(c.name)
+            if stats is None:
+                stats = self.stats[c.name] = counters.ClusterStats(c.name)
+            passthrough = c.resolution == "NONE" or c.lb_policy == "PASSTHROUGH"
+            cluster = cl.Cluster(
+                c.name, stats, c, c.lb_policy, c.hash_policy,
+                connect_timeout=c.connect_timeout, idle_timeout=c.idle_timeout,
+                max_idle=c.max_idle_per_endpoint, passthrough=passthrough,
+                default_port=c.port, pool_for=self.pool_for)
+            eps = [self.endpoint(c.name, e.address, e.port) for e in c.endpoints]
+            from meshproxy.sidecar import locality_weights  # MERGE-PENDING: control computes these
+            w, pr = locality_weights(c, snap.workload)
+            cluster.set_endpoints(eps, w, pr)
+            old = self.clusters.get(c.name)
+            if old is not None:
+                # Ejected endpoints stay ejected, and come back when their time is over.
+                cluster.detector.ejected = [ep for ep in old.detector.ejected if ep in eps]
+                if old.endpoints and c.resolution in ("DNS", "DNS_ROUND_ROBIN"):
+                    # Keep the resolved addresses until the next resolution.
+                    cluster.set_endpoints(old.endpoints, old.weights, old.priorities)
+            clusters[c.name] = cluster
+        return clusters
+
+    async def commit(self, snap, clusters: dict) -> None:
+        """Make ``clusters`` current: resolve DNS clusters (bounded), drop unused pools."""
+        self.clusters = clusters
+        b = snap.bootstrap
+        self.dns_clusters = [clusters[c.name] for c in snap.clusters
+                             if c.resolution in ("DNS", "DNS_ROUND_ROBIN")]
+        if self.dns_clusters:
+            self.resolver = dns_mod.Resolver(list(b.dns_servers) or None)
+            await asyncio.wait([asyncio.ensure_future(self._resolve(c))
+                                for c in self.dns_clusters], timeout=DNS_FIRST_TIMEOUT)
+            if self._dns_task is None:
+                self._dns_task = self.loop.create_task(self._dns_loop())
+        self._forget_unused()
+
+    def _forget_unused(self) -> None:
+        live_eps = set()
+        live_pools = set()
+        for c in self.clusters.values():
+            for ep in c.endpoints:
+                live_eps.add((c.name, ep.address, ep.port))
+                live_pools.add(ep.pool.key)
+            if c.original:
+                for ep in c.original.values():
+                    live_pools.add(ep.pool.key)
+        for key in [k for k in self.endpoints if k not in live_eps]:
+            del self.endpoints[key]
+        for key in [k for k in self.pools if k not in live_pools]:
+            self.pools.pop(key).close_idle()
+
+    # -- DNS -------------------------------------------------------------------------------------
+
+    async def _resolve(self, cluster) -> None:
+        """Resolve a DNS / DNS_ROUND_ROBIN cluster's hosts and install the addresses; the next
+        resolution is due when the shortest record TTL runs out (Envoy's respect_dns_ttl)."""
+        info = cluster.info
+        eps, weights = [], []
+        next_in = dns_mod.MAX_TTL
+        for hostname, port, weight in info.dns_hosts:
+            try:
+                seen, ttl = await self.resolver.resolve(hostname, port)
+            except (OSError, UnicodeError, ValueError) as e:
+                log.warning("dns: cannot resolve %s for %s: %s", hostname, cluster.name, e)
+                next_in = min(next_in, DNS_RETRY)
+                continue
+            next_in = min(next_in, ttl)
+            if info.resolution == "DNS_ROUND_ROBIN":
+                seen = seen[:1]  # Envoy's LOGICAL_DNS: one address for new connections
+            for a in seen:
+                eps.append(self.endpoint(cluster.name, a, port))
+                weights.append(max(1, weight))
+        self.dns_due[cluster.name] = time.monotonic() + next_in
+        old = [(e.address, e.port) for e in cluster.endpoints]
+        if [(e.address, e.port) for e in eps] != old and (eps or not cluster.endpoints):
+            cluster.set_endpoints(eps, weights)
+            log.info("dns: %s -> %s", cluster.name,
+                     ", ".join(e.host for e in eps) or "(no addresses)")
+            self._forget_unused()
+
+    async def _dns_loop(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(DNS_TICK)
+            now = time.monotonic()
+            for c in list(self.dns_clusters):
+                if self.dns_due.get(c.name, 0.0) <= now:
+                    await self._resolve(c)
+
+    # -- housekeeping ----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Expire idle connections; return ejected endpoints whose time is over."""
+        for pool in self.pools.values():
+            if pool.idle:
+                pool.sweep(now)
+        for c in self.clusters.values():
+            c.detector.tick(now)
+
+    def close(self) -> None:
+        """Close every idle connection and stop resolving (the process is going away)."""
+        self._closing = True
+        for pool in self.pools.values():
+            pool.close_idle()
+        if self._dns_task is not None:
+            self._dns_task.cancel()
+            self._dns_task = None
+
+    # -- what admin reads ------------------------------------------------------------------------
+
+    def cluster_infos(self, snap) -> list:
+        """``/clusters``: every cluster with its live endpoints."""
+        out = []
+        if snap is None:
+            return out
+        for c in snap.clusters:
+            live = self.clusters.get(c.name)
+            meta = {(e.address, e.port): e for e in c.endpoints}
+            eps = []
+            prios = live.priorities if live is not None else []
+            for i, ep in enumerate(live.all_endpoints() if live is not None else []):
+                e = meta.get((ep.address, ep.port))
+                eps.append({
+                    "address": ep.address, "port": ep.port, "health": ep.health,
+                    "weight": e.weight if e is not None else 1,
+                    "priority": prios[i] if i < len(prios) else 0,
+                    "locality": e.locality if e is not None else "",
+                    "workload": e.workload if e is not None else "",
+                    "sidecar": e.sidecar if e is not None else False,
+                    "rq_active": ep.rq_active, "rq_total": ep.rq_total,
+                    "cx_active": ep.pool.cx_active, "cx_idle": len(ep.pool.idle),
+                    "ejections": ep.ejections,
+                })
+            out.append({"name": c.name, "direction": c.direction, "service": c.service,
+                        "namespace": c.namespace, "port": c.port, "lb_policy": c.lb_policy,
+                        "connect_timeout": c.connect_timeout, "idle_timeout": c.idle_timeout,
+                        "endpoints": eps})
+        return out
