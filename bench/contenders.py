@@ -210,6 +210,28 @@ class MeshproxyPy(Meshproxy):
     no_extensions = True
 
 
+class MeshproxyBase(Meshproxy):
+    """Another build of meshproxy (e.g. the commit before a change), for before/after figures
+    measured side by side: ``MESHPROXY_BASE_CMD=/path/to/checkout/.venv/bin/meshproxy``."""
+
+    name = "meshproxy-base"
+    description = "meshproxy from MESHPROXY_BASE_CMD (the build before a change)"
+
+    def start(self, origin_port: int) -> None:
+        base = os.environ.get("MESHPROXY_BASE_CMD")
+        if not base:
+            raise StartError("meshproxy-base needs MESHPROXY_BASE_CMD (a meshproxy launcher)")
+        saved = os.environ.get("MESHPROXY_CMD")
+        os.environ["MESHPROXY_CMD"] = base
+        try:
+            super().start(origin_port)
+        finally:
+            if saved is None:
+                os.environ.pop("MESHPROXY_CMD", None)
+            else:
+                os.environ["MESHPROXY_CMD"] = saved
+
+
 class MeshproxyC2(Meshproxy):
     name = "meshproxy-c2"
     description = "meshproxy run --concurrency 2 (supervisor + 2 workers on SO_REUSEPORT)"
@@ -253,8 +275,8 @@ class AiohttpProxy(Contender):
         check_proxied(self.name, self.port, None)
 
 
-CONTENDERS = {c.name: c for c in (Direct, Meshproxy, MeshproxyPy, MeshproxyC2, NginxProxy,
+CONTENDERS = {c.name: c for c in (Direct, Meshproxy, MeshproxyPy, MeshproxyC2, MeshproxyBase, NginxProxy,
                                   HAProxy, AiohttpProxy, PyRef)}
 DEFAULT_ORDER = ["direct", "meshproxy", "meshproxy-py", "nginx", "haproxy", "aiohttp"]
 #: also available, not run unless named in --contenders
-EXTRA = ["meshproxy-c2", "pyref"]
+EXTRA = ["meshproxy-c2", "meshproxy-base", "pyref"]

@@ -27,8 +27,10 @@ class Sidecar:
     """The data plane of one worker process, plus what its admin endpoints read."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, reuse_port: bool = False,
-                 worker_id: int = 0):
+                 worker_id: int = 0, http_filters: tuple = ()):
+        """``http_filters``: user ``filters.FilterFactory``s appended to every route's chain."""
         self.loop = loop
+        self.http_filters = tuple(http_filters)
         self.reuse_port = reuse_port
         self.worker_id = worker_id
         self.snapshot: Optional[Snapshot] = None
@@ -64,7 +66,7 @@ class Sidecar:
         clusters = self.cm.build(snap)
 
         def chain(route, request_edit, response_edit):
-            return build_chain(route, request_edit, response_edit, clusters)
+            return build_chain(route, request_edit, response_edit, clusters, self.http_filters)
 
         contexts = {}
         for lst in snap.listeners:

@@ -649,7 +649,8 @@ def build_route_context(listener, clusters, chain=None):
             c = clusters.get(r.cluster)
             if c is None:
                 continue
-            target = Decision(A_ROUTE, c, r.cluster, "default")
+            target = Decision(A_ROUTE, c, r.cluster, "default",
+                              filters=chain(None, None, None) if chain is not None else None)
             into = hosts
         else:
             target = RouteTable(vh.name, vh.routes, clusters, chain)
@@ -664,7 +665,8 @@ def build_route_context(listener, clusters, chain=None):
     if listener.default_cluster:
         c = clusters.get(listener.default_cluster)
         if c is not None:
-            default = Decision(A_ROUTE, c, listener.default_cluster, "default")
+            default = Decision(A_ROUTE, c, listener.default_cluster, "default",
+                               filters=chain(None, None, None) if chain is not None else None)
     return RouteContext(hosts, tables or None, wildcards or None, default)
 
 
