@@ -3,8 +3,10 @@
 #
 # Contract:
 #   Cluster.choose(lb) -> Endpoint or None. Takes the request's slot on the endpoint (rq_active,
-#     least-request count); every successful choose is paired with exactly one release(ep).
-#   Cluster.release(ep): gives the slot back; safe across a picker rebuild (generations differ).
+#     least-request count); every successful choose is paired with exactly one release(ep, gen),
+#     gen being cluster.gen read right after choose.
+#   Cluster.release(ep, gen): gives the slot back; a slot taken under an older picker (the cluster
+#     rebuilt since) only lowers rq_active.
 #   OutlierDetector.put_result(ep, result): result > 0 is an HTTP status, < 0 a RESULT_* code.
 #     Called for connection outcomes always, for response statuses only when wants_responses.
 #   Pool.acquire() -> an idle UpstreamConnection (typed object here: stream.pxd owns the type).
@@ -97,7 +99,7 @@ cdef class Cluster:
     @cython.locals(ep=Endpoint, lr=CLeastRequestPicker)
     cpdef Endpoint choose(self, LbContext lb)
     @cython.locals(lr=CLeastRequestPicker)
-    cpdef release(self, Endpoint ep)
+    cpdef release(self, Endpoint ep, long long gen)
     @cython.locals(kind=int, key="unsigned long long", rr=CRoundRobinPicker, lr=CLeastRequestPicker,
                    rnd=CRandomPicker, rh=CRingHashPicker, mg=CMaglevPicker)
     cpdef Py_ssize_t _pick_index(self, LbContext lb) except -1

@@ -307,7 +307,10 @@ class Cluster:
             self.group[slot].gen = self.gen
         self.single = self.group[0] if len(self.group) == 1 else None
         if len(self.group) > 1:
+            # Names (not list positions) place endpoints on hash rings, so a key keeps its
+            # endpoint when another endpoint leaves or returns.
             self.picker = _balancer.make_picker(self.policy, [self.weights[i] for i in idx],
+                                                names=[eps[i].host for i in idx],
                                                 **self._picker_options())
             self.kind = _KINDS.get(self.policy, P_ROUND_ROBIN)
         else:
@@ -326,7 +329,8 @@ class Cluster:
 
     def choose(self, lb):
         """The endpoint for the next request (``lb``: an LbContext or None), or None when the
-        cluster has none to offer. The request holds a slot on it until ``release(ep)``."""
+        cluster has none to offer. The request holds a slot on it until ``release(ep, gen)``,
+        where ``gen`` is the cluster's ``gen`` read right after this call."""
         if self.passthrough:
             ep = self._original_destination(lb)
             if ep is None:
@@ -348,10 +352,11 @@ class Cluster:
         ep.rq_total += 1
         return ep
 
-    def release(self, ep):
-        """The request that ``choose`` gave ``ep`` to is over (or moves elsewhere)."""
+    def release(self, ep, gen):
+        """The request that ``choose`` gave ``ep`` to (under generation ``gen``) is over, or
+        moves elsewhere. A slot taken before the picker was rebuilt is not the new picker's."""
         ep.rq_active -= 1
-        if self.kind == P_LEAST_REQUEST and ep.gen == self.gen:
+        if self.kind == P_LEAST_REQUEST and gen == self.gen and ep.gen == gen:
             lr = self.picker
             lr.release(ep.slot)
 

@@ -648,9 +648,11 @@ def build_route_context(listener, clusters, chain=None):
             r = vh.routes[0]
             c = clusters.get(r.cluster)
             if c is None:
-                continue
-            target = Decision(A_ROUTE, c, r.cluster, "default",
-                              filters=chain(None, None, None) if chain is not None else None)
+                # Istio's run-time answer for a route to a cluster that does not exist.
+                target = Decision(A_LOCAL, None, r.cluster, "default", status=503, flags="NC")
+            else:
+                target = Decision(A_ROUTE, c, r.cluster, "default",
+                                  filters=chain(None, None, None) if chain is not None else None)
             into = hosts
         else:
             target = RouteTable(vh.name, vh.routes, clusters, chain)

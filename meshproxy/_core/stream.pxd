@@ -86,6 +86,7 @@ cdef class Stream:
     cdef public object route_name
     cdef public int attempts
     cdef public CLbContext lb
+    cdef public long long lb_gen
     cdef public list filters
     cdef public Py_ssize_t filter_index
     cdef public bint body_filters
@@ -110,6 +111,7 @@ cdef class Stream:
     @cython.locals(up=UpstreamConnection, pending=list, size=Py_ssize_t)
     cpdef request_data(self, object data)
     cpdef request_end(self)
+    cpdef _body_filters(self, object data, bint end)
     @cython.locals(up=UpstreamConnection)
     cpdef tunnel_data(self, object data)
     @cython.locals(up=UpstreamConnection)

@@ -204,6 +204,7 @@ class Stream:
         self.attempts = 0
         self.retried = False
         self.lb = None
+        self.lb_gen = 0
         self.filters = None
         self.filter_index = 0
         self.body_filters = False
@@ -277,15 +278,29 @@ class Stream:
         if ep is None:
             self.local_reply(503, BODY_NO_HEALTHY, "UH", b"")
             return
+        self.lb_gen = cluster.gen
         self.endpoint = ep
         head = self._serialize()
         self.req_head = head
         self.state = S_UPSTREAM
         pending = self.pending
+        if pending and self.body_filters:
+            # Body that arrived while a filter held the stream: the body filters see it now,
+            # after their own head hook.
+            for chunk in pending:
+                self._body_filters(chunk, False)
+                if self.state == S_DONE:
+                    return
+            if self.req_done:
+                self._body_filters(b"", True)
+                if self.state == S_DONE:
+                    return
         up = ep.pool.acquire()
         if up is not None:
             up.attach(self, True)
             self.upstream = up
+            if self.conn.write_paused:
+                up.pause(1)
             if pending:
                 self.pending = None
                 pending.insert(0, head)
@@ -364,11 +379,10 @@ class Stream:
             return
         self.bytes_rx += len(data)
         self.req_body_sent = True
-        if self.body_filters:
-            for f in self.filters:
-                f.on_request_body(self, data, False)
-                if self.state == S_DONE:
-                    return
+        if self.body_filters and self.state == S_UPSTREAM:
+            self._body_filters(data, False)
+            if self.state == S_DONE:
+                return
         up = self.upstream
         if up is not None and up.transport is not None:
             up.tx(data)
@@ -386,9 +400,14 @@ class Stream:
     def request_end(self):
         """The request body is complete (or there was none)."""
         self.req_done = True
-        if self.body_filters and self.state != S_DONE:
-            for f in self.filters:
-                f.on_request_body(self, b"", True)
+        if self.body_filters and self.state == S_UPSTREAM:
+            self._body_filters(b"", True)
+
+    def _body_filters(self, data, end):
+        for f in self.filters:
+            f.on_request_body(self, data, end)
+            if self.state == S_DONE:
+                return
 
     def tunnel_data(self, data):
         """Client bytes after a 101 (WebSocket and other upgrades)."""
@@ -472,10 +491,11 @@ class Stream:
                 lb.avoid = [ep]
             else:
                 lb.avoid.append(ep)
-            cluster.release(ep)
+            cluster.release(ep, self.lb_gen)
             self.endpoint = None
             other = cluster.choose(lb)
             if other is not None:
+                self.lb_gen = cluster.gen
                 self.attempts += 1
                 self.endpoint = other
                 self.flags = "URX"
@@ -628,7 +648,7 @@ class Stream:
         us = int(dur * 1000000)
         ep = self.endpoint
         if ep is not None:
-            cluster.release(ep)
+            cluster.release(ep, self.lb_gen)
         flags = self.flags
         if cluster is not None:
             cluster.stats.rq_end(status, us, self.bytes_rx, self.bytes_tx)
@@ -796,6 +816,9 @@ class UpstreamConnection:
         if self.closed:
             transport.close()
             return
+        if self.paused:
+            # Paused while connecting (the client's transport was full): start paused.
+            transport.pause_reading()
         s = self.stream
         if s is not None:
             s.on_upstream_ready(self)

@@ -43,7 +43,7 @@ class MirrorFilter(HttpFilter):
                          + b"\r\nconnection: close\r\n" + stream.req_extra)
                 drop = (b"host",) + tuple(stream.req_drop or ())
                 head = p.serialize(extra, stream.path, drop)
-            m = MirrorConnection(cluster, ep, stream.conn.loop, head)
+            m = MirrorConnection(cluster, ep, cluster.gen, stream.conn.loop, head)
             if self.mirrors is None:
                 self.mirrors = []
             self.mirrors.append(m)
@@ -60,9 +60,10 @@ class MirrorFilter(HttpFilter):
 class MirrorConnection:
     """One mirrored request's connection (asyncio protocol)."""
 
-    def __init__(self, cluster, endpoint, loop, head):
+    def __init__(self, cluster, endpoint, gen, loop, head):
         self.cluster = cluster
         self.endpoint = endpoint
+        self.gen = gen
         self.loop = loop
         self.transport = None
         self.pending = [head]
@@ -113,7 +114,7 @@ class MirrorConnection:
             self.timer = None
         if not self.released:
             self.released = True
-            self.cluster.release(self.endpoint)
+            self.cluster.release(self.endpoint, self.gen)
 
     def connection_made(self, transport):
         self.transport = transport
