@@ -23,6 +23,9 @@ from typing import Optional
 
 from control.config import schema
 from control.config.load import LoadedConfig, Resource, load_config
+from control.config.meshproxy import INBOUND_PORT_ANNOTATION
+from control.config.networking import HTTP_PROTOCOLS
+from control.config.security import TLS_MODE_LABEL
 from control.config.traffic import TrafficIndex, resolve_host
 from control.config.validate import inbound_port_annotation, selected_workloads
 from control.errors import ConfigError, ConfigIssue
@@ -77,7 +80,7 @@ def compile_snapshot(cfg: LoadedConfig, workload: Optional[str] = None,
     wl = None
     if wl_res is not None:
         wl = _workload(wl_res)
-        ann = inbound_port_annotation(wl_res.annotations.get(schema.INBOUND_PORT_ANNOTATION, ""))
+        ann = inbound_port_annotation(wl_res.annotations.get(INBOUND_PORT_ANNOTATION, ""))
         if ann:
             bootstrap = dataclasses.replace(bootstrap, inbound_port=ann)
         if _is_extra_loopback(wl.address):
@@ -108,7 +111,7 @@ def compile_snapshot(cfg: LoadedConfig, workload: Optional[str] = None,
     for se in services:
         ports = se.spec["ports"]
         for p in ports:
-            if p["protocol"] not in schema.HTTP_PROTOCOLS:
+            if p["protocol"] not in HTTP_PROTOCOLS:
                 continue
             for host in se.spec["hosts"]:
                 cname = outbound.cluster(host, p["number"], "")
@@ -454,10 +457,10 @@ def _endpoints(sources: list, port: dict, peer_inbound_port: int) -> tuple:
             continue  # Istio: weight 0 takes the endpoint out of load balancing
         target = ep.get("ports", {}).get(port["name"], port.get("targetPort", port["number"]))
         labels = ep.get("labels", {})
-        sidecar = labels.get(schema.TLS_MODE_LABEL) == "istio"
+        sidecar = labels.get(TLS_MODE_LABEL) == "istio"
         dial = target
         if sidecar:
-            dial = inbound_port_annotation(annotations.get(schema.INBOUND_PORT_ANNOTATION, "")) or peer_inbound_port
+            dial = inbound_port_annotation(annotations.get(INBOUND_PORT_ANNOTATION, "")) or peer_inbound_port
         out.append(Endpoint(address=ep["address"], port=dial, target_port=target, labels=dict(labels),
                             weight=weight, locality=ep.get("locality", ""), workload=workload, sidecar=sidecar))
     out.sort(key=lambda e: (e.address, e.port, e.target_port, e.workload))
