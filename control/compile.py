@@ -29,9 +29,9 @@ from control.config.security import TLS_MODE_LABEL
 from control.config.traffic import TrafficIndex, resolve_host
 from control.config.validate import inbound_port_annotation, selected_workloads
 from control.errors import ConfigError, ConfigIssue
-from control.snapshot import (Bootstrap, Cluster, Destination, DirectResponse, Endpoint, Fault, HashPolicy,
-                              HeaderMatch, HeaderOps, Limits, Listener, LocalityLb, Mirror, QueryMatch, Redirect,
-                              Rewrite, Route, RouteMatch, Snapshot, StringMatch, VirtualHost, Workload,
+from control.snapshot import (DEFAULT_LB_POLICY, Bootstrap, Cluster, Destination, DirectResponse, Endpoint, Fault,
+                              HashPolicy, HeaderMatch, HeaderOps, Limits, Listener, LocalityLb, Mirror, QueryMatch,
+                              Redirect, Rewrite, Route, RouteMatch, Snapshot, StringMatch, VirtualHost, Workload,
                               content_version)
 
 DOMAIN_SUFFIX = "cluster.local"
@@ -386,6 +386,29 @@ RING_SIZE = 1024  # Envoy's default minimum_ring_size
 MAGLEV_TABLE_SIZE = 65537  # Envoy's default maglev table_size
 
 
+#: DestinationRule ``loadBalancer.simple`` (every value the schema accepts) -> ``Cluster.lb_policy``.
+SIMPLE_LB_POLICIES = {
+    "UNSPECIFIED": DEFAULT_LB_POLICY,
+    "LEAST_CONN": "LEAST_REQUEST",  # deprecated in Istio: "use LEAST_REQUEST"
+    "LEAST_REQUEST": "LEAST_REQUEST",
+    "ROUND_ROBIN": "ROUND_ROBIN",
+    "RANDOM": "RANDOM",
+    "PASSTHROUGH": "PASSTHROUGH",
+}
+
+
+def lb_policy(lb: dict) -> str:
+    """The ``Cluster.lb_policy`` (one of ``snapshot.LB_POLICIES``) for a validated ``loadBalancer``.
+
+    This is the only place Istio's policy names are interpreted: ``consistentHash`` is MAGLEV when
+    it sets ``maglev``, else RING_HASH; ``simple`` goes through ``SIMPLE_LB_POLICIES``; neither set
+    (or no ``loadBalancer`` at all) is Istio's default, LEAST_REQUEST.
+    """
+    if lb.get("consistentHash"):
+        return "MAGLEV" if "maglev" in lb["consistentHash"] else "RING_HASH"
+    return SIMPLE_LB_POLICIES[lb.get("simple", "UNSPECIFIED")]
+
+
 def _port_level(policy: dict, port: int) -> Optional[dict]:
     return next((p for p in policy.get("portLevelSettings", []) if p["port"]["number"] == port), None)
 
@@ -410,13 +433,11 @@ def _traffic_policy(dr_spec: dict, port: int, subset: Optional[dict]) -> dict:
             parts = {k: spls.get(k) for k in _POLICY_PARTS}
     out: dict = {}
     lb = parts["loadBalancer"] or {}
-    simple = lb.get("simple", "UNSPECIFIED")
-    out["lb_policy"] = {"UNSPECIFIED": "LEAST_REQUEST", "LEAST_CONN": "LEAST_REQUEST"}.get(simple, simple)
+    out["lb_policy"] = lb_policy(lb)
     ch = lb.get("consistentHash")
     if ch:
         maglev = "maglev" in ch
         cookie = ch.get("httpCookie", {})
-        out["lb_policy"] = "MAGLEV" if maglev else "RING_HASH"
         out["hash_policy"] = HashPolicy(
             header=ch.get("httpHeaderName", ""), cookie=cookie.get("name", ""), cookie_ttl=cookie.get("ttl", 0.0),
             cookie_path=cookie.get("path", ""), source_ip=bool(ch.get("useSourceIp", False)),

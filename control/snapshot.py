@@ -19,6 +19,21 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
+#: Every value ``Cluster.lb_policy`` can take. Control maps Istio's names onto these once, when it
+#: compiles (``control.compile``), so the data plane needs no table of its own:
+#:
+#: - ``ROUND_ROBIN``: weighted round robin (DestinationRule ``simple: ROUND_ROBIN``).
+#: - ``RANDOM``: weighted random (``simple: RANDOM``).
+#: - ``LEAST_REQUEST``: the endpoint with fewer active requests (power of two choices, weighted).
+#:   Istio's default: no DestinationRule, no ``loadBalancer``, no ``simple``, ``simple: UNSPECIFIED``;
+#:   ``simple: LEAST_CONN`` is Istio's deprecated alias of it.
+#: - ``RING_HASH`` / ``MAGLEV``: ``consistentHash`` (``maglev`` set: MAGLEV, else RING_HASH); the key and
+#:   the table size are in ``Cluster.hash_policy``.
+#: - ``PASSTHROUGH``: no balancing; the request's own authority is dialled (``simple: PASSTHROUGH``).
+LB_POLICIES = ("ROUND_ROBIN", "RANDOM", "LEAST_REQUEST", "RING_HASH", "MAGLEV", "PASSTHROUGH")
+DEFAULT_LB_POLICY = "LEAST_REQUEST"  # Istio's default when a DestinationRule sets no policy
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """One upstream address of a cluster.
@@ -72,7 +87,7 @@ class Cluster:
     port: int  # service port (inbound: the application port)
     port_name: str
     protocol: str  # Istio port protocol: HTTP, HTTP2, GRPC, TCP, ...
-    lb_policy: str = "LEAST_REQUEST"  # ROUND_ROBIN | RANDOM | LEAST_REQUEST | PASSTHROUGH | RING_HASH | MAGLEV
+    lb_policy: str = DEFAULT_LB_POLICY  # always one of LB_POLICIES
     endpoints: tuple[Endpoint, ...] = ()
     connect_timeout: float = 10.0  # seconds (Istio's default)
     idle_timeout: float = 3600.0  # seconds an idle pooled upstream connection is kept (Istio: 1h)
