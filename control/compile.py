@@ -8,6 +8,9 @@ What is built (see docs/configuration.md for the user-facing description):
   Kubernetes short names for ``<svc>.<ns>.svc.cluster.local`` hosts), with one route to the cluster.
 - Endpoints come from ``spec.endpoints`` or the selected WorkloadEntries. An endpoint labelled
   ``security.istio.io/tlsMode: istio`` has a sidecar: it is dialled at its sidecar's inbound port.
+- Each outbound endpoint's locality ``priority`` and effective ``weight`` are computed here for
+  this sidecar, from the DestinationRule's ``localityLbSetting`` and the workload's locality
+  (``control.locality``), as istiod does for Envoy's EDS.
 - With a workload: ``virtualInbound`` at workload.address:inbound port, one ``inbound|target||``
   cluster per application port of the ServiceEntries that include the workload, and virtual hosts
   with the same domains as outbound, pointing at those inbound clusters.
@@ -29,6 +32,7 @@ from control.config.security import TLS_MODE_LABEL
 from control.config.traffic import TrafficIndex, resolve_host
 from control.config.validate import inbound_port_annotation, selected_workloads
 from control.errors import ConfigError, ConfigIssue
+from control.locality import prioritise
 from control.snapshot import (DEFAULT_LB_POLICY, Bootstrap, Cluster, Destination, DirectResponse, Endpoint, Fault,
                               HashPolicy, HeaderMatch, HeaderOps, Limits, Listener, LocalityLb, Mirror, QueryMatch,
                               Redirect, Rewrite, Route, RouteMatch, Snapshot, StringMatch, VirtualHost, Workload,
@@ -107,7 +111,7 @@ def compile_snapshot(cfg: LoadedConfig, workload: Optional[str] = None,
     in_vhosts: list = []
     in_targets: set = set()
     index = TrafficIndex(cfg.resources)
-    outbound = _Outbound(index, entries, peer_inbound_port, timeouts, clusters, warnings)
+    outbound = _Outbound(index, entries, peer_inbound_port, timeouts, clusters, warnings, wl)
     for se in services:
         ports = se.spec["ports"]
         for p in ports:
@@ -219,9 +223,10 @@ class _Outbound:
     """Builds outbound clusters on demand (base, subset) and the routes of VirtualServices."""
 
     def __init__(self, index: TrafficIndex, entries: list, peer_inbound_port: int, timeouts: dict,
-                 clusters: dict, warnings: list):
+                 clusters: dict, warnings: list, workload: Optional[Workload]):
         self.index, self.entries, self.peer_inbound_port = index, entries, peer_inbound_port
         self.timeouts, self.clusters, self.warnings = timeouts, clusters, warnings
+        self.workload = workload  # this sidecar's: endpoint priorities follow its locality
         self.warned: set = set()
 
     # --- clusters -------------------------------------------------------------------------------------
@@ -257,6 +262,7 @@ class _Outbound:
                 self.warnings.append(dr.issue(f"spec.subsets[{i}].labels",
                                               f'subset "{subset}" of {host} selects no endpoint (requests get 503)'))
         policy = _traffic_policy(dr.spec if dr else {}, port, subset_spec)
+        endpoints = prioritise(endpoints, policy.get("locality_lb"), self.workload)
         self.clusters[name] = Cluster(
             name=name, direction="outbound", service=host, namespace=se.namespace, port=port,
             port_name=p["name"], protocol=p["protocol"], endpoints=endpoints, subset=subset,

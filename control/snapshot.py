@@ -41,17 +41,35 @@ class Endpoint:
     ``address``/``port`` is what the sidecar dials: the application port, or the inbound port of
     the endpoint's own sidecar when ``sidecar`` is True (see docs/configuration.md, "Sidecar-aware
     endpoints"). ``target_port`` is the application port on the workload.
+
+    Like Envoy's EDS endpoints, each carries its locality ``priority`` and load-balancing ``weight``
+    computed by control for this snapshot's sidecar (``control.locality``): the data plane balances
+    over the endpoints of the lowest priority that has a healthy one, by ``weight``, and fails over
+    to the next priority when none is healthy.
+
+    - ``priority``: 0 is the sidecar's own locality (and every endpoint when locality load
+      balancing does not apply); higher numbers are failover tiers, tried in increasing order.
+    - ``weight``: the effective weight within its priority, at least 1. It equals ``config_weight``
+      unless ``localityLbSetting.distribute`` rewrote it to give each locality its share.
+    - ``config_weight``: the weight as configured (WorkloadEntry / ServiceEntry endpoint ``weight``,
+      default 1; weight 0 endpoints are left out of the snapshot). Left out (0), it is ``weight``.
     """
 
     address: str
     port: int
     target_port: int
     labels: dict = field(default_factory=dict)
-    weight: int = 1
+    weight: int = 1  # effective load-balancing weight (see above)
     locality: str = ""  # "region/zone/subzone"
     workload: str = ""  # "namespace/name" of the WorkloadEntry, "" for inline endpoints
     sidecar: bool = False
     hostname: str = ""  # DNS resolution: the name this address was resolved from
+    priority: int = 0  # locality priority: 0 = the sidecar's own locality, higher = failover
+    config_weight: int = 0  # the configured weight; 0: the same as weight
+
+    def __post_init__(self):
+        if not self.config_weight:
+            object.__setattr__(self, "config_weight", self.weight)
 
 
 @dataclass(frozen=True)
@@ -70,7 +88,11 @@ class HashPolicy:
 
 @dataclass(frozen=True)
 class LocalityLb:
-    """DestinationRule ``localityLbSetting`` (only meaningful with outlier/health information)."""
+    """DestinationRule ``localityLbSetting``, as configured.
+
+    Control has already applied it: it is what the endpoints' ``priority`` and ``weight`` come from
+    (``control.locality``); it stays here to show in ``/config_dump``.
+    """
 
     enabled: bool = True
     distribute: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()  # (from, ((to, weight),))
@@ -94,7 +116,7 @@ class Cluster:
     max_idle_per_endpoint: int = 1024  # as Envoy's default max_connections circuit breaker
     subset: str = ""  # DestinationRule subset name ("" for the whole service)
     hash_policy: Optional[HashPolicy] = None  # set when lb_policy is RING_HASH or MAGLEV
-    locality_lb: Optional[LocalityLb] = None
+    locality_lb: Optional[LocalityLb] = None  # as configured; already applied to the endpoints' priority/weight
     resolution: str = "STATIC"  # STATIC | DNS | DNS_ROUND_ROBIN | NONE
     dns_hosts: tuple[tuple[str, int, int], ...] = ()  # DNS: (hostname, port, weight) to resolve
     destination_rule: str = ""  # "namespace/name" of the DestinationRule applied, if any

@@ -83,7 +83,8 @@ class Sidecar:
                 ep.max_idle = c.max_idle_per_endpoint
                 live.add(key)
                 eps.append(ep)
-            weights, priorities = locality_weights(c, snap.workload)
+            weights = [e.weight for e in c.endpoints]
+            priorities = [e.priority for e in c.endpoints]
             clusters[c.name] = conn.Cluster(
                 c.name, eps, weights, stats, c, c.lb_policy, c.hash_policy, priorities,
                 passthrough=c.resolution == "NONE" or c.lb_policy == "PASSTHROUGH",
@@ -333,86 +334,6 @@ class _Resolved:
         self.workload = ""
         self.sidecar = False
         self.hostname = ",".join(h for h, _, _ in c.dns_hosts)
-
-
-def locality_weights(c, workload):
-    """Endpoint weights and priorities for a cluster, per Istio's locality load balancing.
-
-    Priorities (0 first) follow the sidecar's own locality: same region/zone/subzone 0, same
-    region/zone 1, same region 2, elsewhere 3 (``failover`` moves a named region to 3-1 = 2;
-    ``failoverPriority`` orders by how many of the listed labels match). ``distribute`` rewrites
-    weights so each target locality gets its share. Without a workload locality, or with locality
-    load balancing disabled, every endpoint has priority 0 and keeps its own weight.
-    """
-    weights = [max(1, e.weight) for e in c.endpoints]
-    prios = [0] * len(c.endpoints)
-    lb = c.locality_lb
-    if workload is None or lb is None or not lb.enabled:
-        return weights, prios
-    # The WorkloadEntry's locality, else Istio's topology.istio.io/locality label (dots).
-    mine = workload.locality or (
-        workload.labels.get("topology.istio.io/locality") or "").replace(".", "/")
-    if not mine and not lb.failover_priority:
-        return weights, prios
-    if lb.distribute:
-        for frm, targets in lb.distribute:
-            if not _locality_match(frm, mine):
-                continue
-            shares = []
-            for i, e in enumerate(c.endpoints):
-                share = 0
-                for to, w in targets:
-                    if _locality_match(to, e.locality):
-                        share = w
-                        break
-                shares.append(share)
-            # each target locality's share is split over its endpoints by their weights
-            per = {}
-            for i, e in enumerate(c.endpoints):
-                per.setdefault((shares[i], e.locality), 0)
-                per[(shares[i], e.locality)] += weights[i]
-            weights = [max(1, int(1000 * shares[i] * weights[i] / per[(shares[i], e.locality)]))
-                       if shares[i] else 1 for i, e in enumerate(c.endpoints)]
-            prios = [0 if shares[i] else 1 for i in range(len(c.endpoints))]
-            return weights, prios
-    if lb.failover_priority:
-        labels = dict(workload.labels)
-        for i, e in enumerate(c.endpoints):
-            n = 0
-            for key in lb.failover_priority:
-                if key in labels and e.labels.get(key) == labels.get(key):
-                    n += 1
-                else:
-                    break
-            prios[i] = len(lb.failover_priority) - n
-        return weights, prios
-    region, zone, sub = (mine.split("/") + ["", "", ""])[:3]
-    failover = dict(lb.failover)
-    for i, e in enumerate(c.endpoints):
-        r, z, sz = (e.locality.split("/") + ["", "", ""])[:3]
-        if r == region and z == zone and sz == sub:
-            prios[i] = 0
-        elif r == region and z == zone:
-            prios[i] = 1
-        elif r == region:
-            prios[i] = 2
-        elif failover.get(region) == r:
-            prios[i] = 3
-        else:
-            prios[i] = 4
-    return weights, prios
-
-
-def _locality_match(pattern, locality):
-    """Istio locality patterns: ``region/zone/*`` or ``region/*``."""
-    p = pattern.split("/")
-    l_ = locality.split("/") if locality else []
-    for i, part in enumerate(p):
-        if part == "*":
-            return True
-        if i >= len(l_) or l_[i] != part:
-            return False
-    return len(p) >= len(l_)
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
