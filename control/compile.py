@@ -33,10 +33,10 @@ from control.config.traffic import TrafficIndex, resolve_host
 from control.config.validate import inbound_port_annotation, selected_workloads
 from control.errors import ConfigError, ConfigIssue
 from control.locality import prioritise
-from control.snapshot import (DEFAULT_LB_POLICY, Bootstrap, Cluster, Destination, DirectResponse, Endpoint, Fault,
-                              HashPolicy, HeaderMatch, HeaderOps, Limits, Listener, LocalityLb, Mirror, QueryMatch,
-                              Redirect, Rewrite, Route, RouteMatch, Snapshot, StringMatch, VirtualHost, Workload,
-                              content_version)
+from control.policy import traffic_policy
+from control.snapshot import (Bootstrap, Cluster, Destination, DirectResponse, Endpoint, Fault, HeaderMatch,
+                              HeaderOps, Limits, Listener, Mirror, QueryMatch, Redirect, Rewrite, Route, RouteMatch,
+                              Snapshot, StringMatch, VirtualHost, Workload, content_version)
 
 DOMAIN_SUFFIX = "cluster.local"
 DEFAULT_NAMESPACE = "default"
@@ -261,7 +261,7 @@ class _Outbound:
                 i = dr.spec["subsets"].index(subset_spec)
                 self.warnings.append(dr.issue(f"spec.subsets[{i}].labels",
                                               f'subset "{subset}" of {host} selects no endpoint (requests get 503)'))
-        policy = _traffic_policy(dr.spec if dr else {}, port, subset_spec)
+        policy = traffic_policy(dr.spec if dr else {}, port, subset_spec)
         endpoints = prioritise(endpoints, policy.get("locality_lb"), self.workload)
         self.clusters[name] = Cluster(
             name=name, direction="outbound", service=host, namespace=se.namespace, port=port,
@@ -383,87 +383,6 @@ def _fault(f: Optional[dict]) -> Optional[Fault]:
     return Fault(delay=delay.get("fixedDelay", 0.0), delay_percent=delay_pct if delay else 0.0,
                  abort_status=abort.get("httpStatus", 0),
                  abort_percent=abort.get("percentage", {}).get("value", 0.0))
-
-
-# --- DestinationRule traffic policy ---------------------------------------------------------------------
-
-_POLICY_PARTS = ("loadBalancer", "connectionPool")
-RING_SIZE = 1024  # Envoy's default minimum_ring_size
-MAGLEV_TABLE_SIZE = 65537  # Envoy's default maglev table_size
-
-
-#: DestinationRule ``loadBalancer.simple`` (every value the schema accepts) -> ``Cluster.lb_policy``.
-SIMPLE_LB_POLICIES = {
-    "UNSPECIFIED": DEFAULT_LB_POLICY,
-    "LEAST_CONN": "LEAST_REQUEST",  # deprecated in Istio: "use LEAST_REQUEST"
-    "LEAST_REQUEST": "LEAST_REQUEST",
-    "ROUND_ROBIN": "ROUND_ROBIN",
-    "RANDOM": "RANDOM",
-    "PASSTHROUGH": "PASSTHROUGH",
-}
-
-
-def lb_policy(lb: dict) -> str:
-    """The ``Cluster.lb_policy`` (one of ``snapshot.LB_POLICIES``) for a validated ``loadBalancer``.
-
-    This is the only place Istio's policy names are interpreted: ``consistentHash`` is MAGLEV when
-    it sets ``maglev``, else RING_HASH; ``simple`` goes through ``SIMPLE_LB_POLICIES``; neither set
-    (or no ``loadBalancer`` at all) is Istio's default, LEAST_REQUEST.
-    """
-    if lb.get("consistentHash"):
-        return "MAGLEV" if "maglev" in lb["consistentHash"] else "RING_HASH"
-    return SIMPLE_LB_POLICIES[lb.get("simple", "UNSPECIFIED")]
-
-
-def _port_level(policy: dict, port: int) -> Optional[dict]:
-    return next((p for p in policy.get("portLevelSettings", []) if p["port"]["number"] == port), None)
-
-
-def _traffic_policy(dr_spec: dict, port: int, subset: Optional[dict]) -> dict:
-    """Cluster fields from a DestinationRule, merged the way Istio does.
-
-    Top-level policy, then its portLevelSettings for ``port`` (each part set there replaces the
-    top-level one), then the subset's policy (each part set replaces), then the subset's
-    portLevelSettings for ``port`` (replacing every part: port-level policies do not inherit).
-    """
-    top = dr_spec.get("trafficPolicy", {})
-    parts = {k: top.get(k) for k in _POLICY_PARTS}
-    pls = _port_level(top, port)
-    if pls:
-        parts.update({k: pls[k] for k in _POLICY_PARTS if k in pls})
-    sub = (subset or {}).get("trafficPolicy")
-    if sub:
-        parts.update({k: sub[k] for k in _POLICY_PARTS if k in sub})
-        spls = _port_level(sub, port)
-        if spls:
-            parts = {k: spls.get(k) for k in _POLICY_PARTS}
-    out: dict = {}
-    lb = parts["loadBalancer"] or {}
-    out["lb_policy"] = lb_policy(lb)
-    ch = lb.get("consistentHash")
-    if ch:
-        maglev = "maglev" in ch
-        cookie = ch.get("httpCookie", {})
-        out["hash_policy"] = HashPolicy(
-            header=ch.get("httpHeaderName", ""), cookie=cookie.get("name", ""), cookie_ttl=cookie.get("ttl", 0.0),
-            cookie_path=cookie.get("path", ""), source_ip=bool(ch.get("useSourceIp", False)),
-            query_param=ch.get("httpQueryParameterName", ""),
-            ring_size=0 if maglev else ch.get("ringHash", {}).get("minimumRingSize",
-                                                                  ch.get("minimumRingSize", RING_SIZE)),
-            maglev_table_size=ch["maglev"].get("tableSize", MAGLEV_TABLE_SIZE) if maglev else 0)
-    loc = lb.get("localityLbSetting")
-    if loc:
-        out["locality_lb"] = LocalityLb(
-            enabled=loc["enabled"],
-            distribute=tuple((d["from"], tuple(d["to"].items())) for d in loc.get("distribute", [])),
-            failover=tuple((f["from"], f["to"]) for f in loc.get("failover", [])),
-            failover_priority=tuple(loc.get("failoverPriority", ())))
-    pool = parts["connectionPool"] or {}
-    if "connectTimeout" in pool.get("tcp", {}):
-        out["connect_timeout"] = pool["tcp"]["connectTimeout"]
-    if "idleTimeout" in pool.get("http", {}):
-        out["idle_timeout"] = pool["http"]["idleTimeout"]
-    return out
 
 
 # --- Endpoints ----------------------------------------------------------------------------------------

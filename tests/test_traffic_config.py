@@ -11,8 +11,8 @@ import pytest
 
 from control import ConfigError, build_snapshot, load_config
 from control import re2
-from control.compile import SIMPLE_LB_POLICIES
 from control.config.networking import LB_SIMPLE
+from control.policy import SIMPLE_LB_POLICIES
 from control.snapshot import (DEFAULT_LB_POLICY, LB_POLICIES, Destination, DirectResponse, Endpoint, Fault,
                               HashPolicy, HeaderMatch, HeaderOps, LocalityLb, Mirror, QueryMatch, Redirect, Rewrite,
                               Route, RouteMatch, Snapshot, StringMatch)
