@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 
 #: Every value ``Cluster.lb_policy`` can take. Control maps Istio's names onto these once, when it
-#: compiles (``control.compile``), so the data plane needs no table of its own:
+#: compiles (``control.policy``), so the data plane needs no table of its own:
 #:
 #: - ``ROUND_ROBIN``: weighted round robin (DestinationRule ``simple: ROUND_ROBIN``).
 #: - ``RANDOM``: weighted random (``simple: RANDOM``).
