@@ -8,6 +8,9 @@ What is built (see docs/configuration.md for the user-facing description):
   Kubernetes short names for ``<svc>.<ns>.svc.cluster.local`` hosts), with one route to the cluster.
 - Endpoints come from ``spec.endpoints`` or the selected WorkloadEntries. An endpoint labelled
   ``security.istio.io/tlsMode: istio`` has a sidecar: it is dialled at its sidecar's inbound port.
+- Each outbound endpoint's locality ``priority`` and effective ``weight`` are computed here for
+  this sidecar, from the DestinationRule's ``localityLbSetting`` and the workload's locality
+  (``control.locality``), as istiod does for Envoy's EDS.
 - With a workload: ``virtualInbound`` at workload.address:inbound port, one ``inbound|target||``
   cluster per application port of the ServiceEntries that include the workload, and virtual hosts
   with the same domains as outbound, pointing at those inbound clusters.
@@ -23,13 +26,17 @@ from typing import Optional
 
 from control.config import schema
 from control.config.load import LoadedConfig, Resource, load_config
+from control.config.meshproxy import INBOUND_PORT_ANNOTATION
+from control.config.networking import HTTP_PROTOCOLS
+from control.config.security import TLS_MODE_LABEL
 from control.config.traffic import TrafficIndex, resolve_host
 from control.config.validate import inbound_port_annotation, selected_workloads
 from control.errors import ConfigError, ConfigIssue
-from control.snapshot import (Bootstrap, Cluster, Destination, DirectResponse, Endpoint, Fault, HashPolicy,
-                              HeaderMatch, HeaderOps, Limits, Listener, LocalityLb, Mirror, QueryMatch, Redirect,
-                              Rewrite, Route, RouteMatch, Snapshot, StringMatch, VirtualHost, Workload,
-                              content_version)
+from control.locality import prioritise
+from control.policy import traffic_policy
+from control.snapshot import (Bootstrap, Cluster, Destination, DirectResponse, Endpoint, Fault, HeaderMatch,
+                              HeaderOps, Limits, Listener, Mirror, QueryMatch, Redirect, Rewrite, Route, RouteMatch,
+                              Snapshot, StringMatch, VirtualHost, Workload, content_version)
 
 DOMAIN_SUFFIX = "cluster.local"
 DEFAULT_NAMESPACE = "default"
@@ -77,7 +84,7 @@ def compile_snapshot(cfg: LoadedConfig, workload: Optional[str] = None,
     wl = None
     if wl_res is not None:
         wl = _workload(wl_res)
-        ann = inbound_port_annotation(wl_res.annotations.get(schema.INBOUND_PORT_ANNOTATION, ""))
+        ann = inbound_port_annotation(wl_res.annotations.get(INBOUND_PORT_ANNOTATION, ""))
         if ann:
             bootstrap = dataclasses.replace(bootstrap, inbound_port=ann)
         if _is_extra_loopback(wl.address):
@@ -104,11 +111,11 @@ def compile_snapshot(cfg: LoadedConfig, workload: Optional[str] = None,
     in_vhosts: list = []
     in_targets: set = set()
     index = TrafficIndex(cfg.resources)
-    outbound = _Outbound(index, entries, peer_inbound_port, timeouts, clusters, warnings)
+    outbound = _Outbound(index, entries, peer_inbound_port, timeouts, clusters, warnings, wl)
     for se in services:
         ports = se.spec["ports"]
         for p in ports:
-            if p["protocol"] not in schema.HTTP_PROTOCOLS:
+            if p["protocol"] not in HTTP_PROTOCOLS:
                 continue
             for host in se.spec["hosts"]:
                 cname = outbound.cluster(host, p["number"], "")
@@ -216,9 +223,10 @@ class _Outbound:
     """Builds outbound clusters on demand (base, subset) and the routes of VirtualServices."""
 
     def __init__(self, index: TrafficIndex, entries: list, peer_inbound_port: int, timeouts: dict,
-                 clusters: dict, warnings: list):
+                 clusters: dict, warnings: list, workload: Optional[Workload]):
         self.index, self.entries, self.peer_inbound_port = index, entries, peer_inbound_port
         self.timeouts, self.clusters, self.warnings = timeouts, clusters, warnings
+        self.workload = workload  # this sidecar's: endpoint priorities follow its locality
         self.warned: set = set()
 
     # --- clusters -------------------------------------------------------------------------------------
@@ -253,7 +261,8 @@ class _Outbound:
                 i = dr.spec["subsets"].index(subset_spec)
                 self.warnings.append(dr.issue(f"spec.subsets[{i}].labels",
                                               f'subset "{subset}" of {host} selects no endpoint (requests get 503)'))
-        policy = _traffic_policy(dr.spec if dr else {}, port, subset_spec)
+        policy = traffic_policy(dr.spec if dr else {}, port, subset_spec)
+        endpoints = prioritise(endpoints, policy.get("locality_lb"), self.workload)
         self.clusters[name] = Cluster(
             name=name, direction="outbound", service=host, namespace=se.namespace, port=port,
             port_name=p["name"], protocol=p["protocol"], endpoints=endpoints, subset=subset,
@@ -376,66 +385,6 @@ def _fault(f: Optional[dict]) -> Optional[Fault]:
                  abort_percent=abort.get("percentage", {}).get("value", 0.0))
 
 
-# --- DestinationRule traffic policy ---------------------------------------------------------------------
-
-_POLICY_PARTS = ("loadBalancer", "connectionPool")
-RING_SIZE = 1024  # Envoy's default minimum_ring_size
-MAGLEV_TABLE_SIZE = 65537  # Envoy's default maglev table_size
-
-
-def _port_level(policy: dict, port: int) -> Optional[dict]:
-    return next((p for p in policy.get("portLevelSettings", []) if p["port"]["number"] == port), None)
-
-
-def _traffic_policy(dr_spec: dict, port: int, subset: Optional[dict]) -> dict:
-    """Cluster fields from a DestinationRule, merged the way Istio does.
-
-    Top-level policy, then its portLevelSettings for ``port`` (each part set there replaces the
-    top-level one), then the subset's policy (each part set replaces), then the subset's
-    portLevelSettings for ``port`` (replacing every part: port-level policies do not inherit).
-    """
-    top = dr_spec.get("trafficPolicy", {})
-    parts = {k: top.get(k) for k in _POLICY_PARTS}
-    pls = _port_level(top, port)
-    if pls:
-        parts.update({k: pls[k] for k in _POLICY_PARTS if k in pls})
-    sub = (subset or {}).get("trafficPolicy")
-    if sub:
-        parts.update({k: sub[k] for k in _POLICY_PARTS if k in sub})
-        spls = _port_level(sub, port)
-        if spls:
-            parts = {k: spls.get(k) for k in _POLICY_PARTS}
-    out: dict = {}
-    lb = parts["loadBalancer"] or {}
-    simple = lb.get("simple", "UNSPECIFIED")
-    out["lb_policy"] = {"UNSPECIFIED": "LEAST_REQUEST", "LEAST_CONN": "LEAST_REQUEST"}.get(simple, simple)
-    ch = lb.get("consistentHash")
-    if ch:
-        maglev = "maglev" in ch
-        cookie = ch.get("httpCookie", {})
-        out["lb_policy"] = "MAGLEV" if maglev else "RING_HASH"
-        out["hash_policy"] = HashPolicy(
-            header=ch.get("httpHeaderName", ""), cookie=cookie.get("name", ""), cookie_ttl=cookie.get("ttl", 0.0),
-            cookie_path=cookie.get("path", ""), source_ip=bool(ch.get("useSourceIp", False)),
-            query_param=ch.get("httpQueryParameterName", ""),
-            ring_size=0 if maglev else ch.get("ringHash", {}).get("minimumRingSize",
-                                                                  ch.get("minimumRingSize", RING_SIZE)),
-            maglev_table_size=ch["maglev"].get("tableSize", MAGLEV_TABLE_SIZE) if maglev else 0)
-    loc = lb.get("localityLbSetting")
-    if loc:
-        out["locality_lb"] = LocalityLb(
-            enabled=loc["enabled"],
-            distribute=tuple((d["from"], tuple(d["to"].items())) for d in loc.get("distribute", [])),
-            failover=tuple((f["from"], f["to"]) for f in loc.get("failover", [])),
-            failover_priority=tuple(loc.get("failoverPriority", ())))
-    pool = parts["connectionPool"] or {}
-    if "connectTimeout" in pool.get("tcp", {}):
-        out["connect_timeout"] = pool["tcp"]["connectTimeout"]
-    if "idleTimeout" in pool.get("http", {}):
-        out["idle_timeout"] = pool["http"]["idleTimeout"]
-    return out
-
-
 # --- Endpoints ----------------------------------------------------------------------------------------
 
 
@@ -454,10 +403,10 @@ def _endpoints(sources: list, port: dict, peer_inbound_port: int) -> tuple:
             continue  # Istio: weight 0 takes the endpoint out of load balancing
         target = ep.get("ports", {}).get(port["name"], port.get("targetPort", port["number"]))
         labels = ep.get("labels", {})
-        sidecar = labels.get(schema.TLS_MODE_LABEL) == "istio"
+        sidecar = labels.get(TLS_MODE_LABEL) == "istio"
         dial = target
         if sidecar:
-            dial = inbound_port_annotation(annotations.get(schema.INBOUND_PORT_ANNOTATION, "")) or peer_inbound_port
+            dial = inbound_port_annotation(annotations.get(INBOUND_PORT_ANNOTATION, "")) or peer_inbound_port
         out.append(Endpoint(address=ep["address"], port=dial, target_port=target, labels=dict(labels),
                             weight=weight, locality=ep.get("locality", ""), workload=workload, sidecar=sidecar))
     out.sort(key=lambda e: (e.address, e.port, e.target_port, e.workload))

@@ -19,6 +19,21 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
+#: Every value ``Cluster.lb_policy`` can take. Control maps Istio's names onto these once, when it
+#: compiles (``control.policy``), so the data plane needs no table of its own:
+#:
+#: - ``ROUND_ROBIN``: weighted round robin (DestinationRule ``simple: ROUND_ROBIN``).
+#: - ``RANDOM``: weighted random (``simple: RANDOM``).
+#: - ``LEAST_REQUEST``: the endpoint with fewer active requests (power of two choices, weighted).
+#:   Istio's default: no DestinationRule, no ``loadBalancer``, no ``simple``, ``simple: UNSPECIFIED``;
+#:   ``simple: LEAST_CONN`` is Istio's deprecated alias of it.
+#: - ``RING_HASH`` / ``MAGLEV``: ``consistentHash`` (``maglev`` set: MAGLEV, else RING_HASH); the key and
+#:   the table size are in ``Cluster.hash_policy``.
+#: - ``PASSTHROUGH``: no balancing; the request's own authority is dialled (``simple: PASSTHROUGH``).
+LB_POLICIES = ("ROUND_ROBIN", "RANDOM", "LEAST_REQUEST", "RING_HASH", "MAGLEV", "PASSTHROUGH")
+DEFAULT_LB_POLICY = "LEAST_REQUEST"  # Istio's default when a DestinationRule sets no policy
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """One upstream address of a cluster.
@@ -26,17 +41,35 @@ class Endpoint:
     ``address``/``port`` is what the sidecar dials: the application port, or the inbound port of
     the endpoint's own sidecar when ``sidecar`` is True (see docs/configuration.md, "Sidecar-aware
     endpoints"). ``target_port`` is the application port on the workload.
+
+    Like Envoy's EDS endpoints, each carries its locality ``priority`` and load-balancing ``weight``
+    computed by control for this snapshot's sidecar (``control.locality``): the data plane balances
+    over the endpoints of the lowest priority that has a healthy one, by ``weight``, and fails over
+    to the next priority when none is healthy.
+
+    - ``priority``: 0 is the sidecar's own locality (and every endpoint when locality load
+      balancing does not apply); higher numbers are failover tiers, tried in increasing order.
+    - ``weight``: the effective weight within its priority, at least 1. It equals ``config_weight``
+      unless ``localityLbSetting.distribute`` rewrote it to give each locality its share.
+    - ``config_weight``: the weight as configured (WorkloadEntry / ServiceEntry endpoint ``weight``,
+      default 1; weight 0 endpoints are left out of the snapshot). Left out (0), it is ``weight``.
     """
 
     address: str
     port: int
     target_port: int
     labels: dict = field(default_factory=dict)
-    weight: int = 1
+    weight: int = 1  # effective load-balancing weight (see above)
     locality: str = ""  # "region/zone/subzone"
     workload: str = ""  # "namespace/name" of the WorkloadEntry, "" for inline endpoints
     sidecar: bool = False
     hostname: str = ""  # DNS resolution: the name this address was resolved from
+    priority: int = 0  # locality priority: 0 = the sidecar's own locality, higher = failover
+    config_weight: int = 0  # the configured weight; 0: the same as weight
+
+    def __post_init__(self):
+        if not self.config_weight:
+            object.__setattr__(self, "config_weight", self.weight)
 
 
 @dataclass(frozen=True)
@@ -55,7 +88,11 @@ class HashPolicy:
 
 @dataclass(frozen=True)
 class LocalityLb:
-    """DestinationRule ``localityLbSetting`` (only meaningful with outlier/health information)."""
+    """DestinationRule ``localityLbSetting``, as configured.
+
+    Control has already applied it: it is what the endpoints' ``priority`` and ``weight`` come from
+    (``control.locality``); it stays here to show in ``/config_dump``.
+    """
 
     enabled: bool = True
     distribute: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()  # (from, ((to, weight),))
@@ -72,14 +109,14 @@ class Cluster:
     port: int  # service port (inbound: the application port)
     port_name: str
     protocol: str  # Istio port protocol: HTTP, HTTP2, GRPC, TCP, ...
-    lb_policy: str = "LEAST_REQUEST"  # ROUND_ROBIN | RANDOM | LEAST_REQUEST | PASSTHROUGH | RING_HASH | MAGLEV
+    lb_policy: str = DEFAULT_LB_POLICY  # always one of LB_POLICIES
     endpoints: tuple[Endpoint, ...] = ()
     connect_timeout: float = 10.0  # seconds (Istio's default)
     idle_timeout: float = 3600.0  # seconds an idle pooled upstream connection is kept (Istio: 1h)
     max_idle_per_endpoint: int = 1024  # as Envoy's default max_connections circuit breaker
     subset: str = ""  # DestinationRule subset name ("" for the whole service)
     hash_policy: Optional[HashPolicy] = None  # set when lb_policy is RING_HASH or MAGLEV
-    locality_lb: Optional[LocalityLb] = None
+    locality_lb: Optional[LocalityLb] = None  # as configured; already applied to the endpoints' priority/weight
     resolution: str = "STATIC"  # STATIC | DNS | DNS_ROUND_ROBIN | NONE
     dns_hosts: tuple[tuple[str, int, int], ...] = ()  # DNS: (hostname, port, weight) to resolve
     destination_rule: str = ""  # "namespace/name" of the DestinationRule applied, if any

@@ -82,9 +82,9 @@ class ClusterManager:
                 max_idle=c.max_idle_per_endpoint, passthrough=passthrough,
                 default_port=c.port, pool_for=self.pool_for)
             eps = [self.endpoint(c.name, e.address, e.port) for e in c.endpoints]
-            from meshproxy.sidecar import locality_weights  # MERGE-PENDING: control computes these
-            w, pr = locality_weights(c, snap.workload)
-            cluster.set_endpoints(eps, w, pr)
+            # Weights and priorities (locality failover) were computed by control.
+            cluster.set_endpoints(eps, [e.weight for e in c.endpoints],
+                                  [e.priority for e in c.endpoints])
             old = self.clusters.get(c.name)
             if old is not None:
                 # Ejected endpoints stay ejected, and come back when their time is over.
@@ -196,7 +196,8 @@ class ClusterManager:
                 e = meta.get((ep.address, ep.port))
                 eps.append({
                     "address": ep.address, "port": ep.port, "health": ep.health,
-                    "weight": e.weight if e is not None else 1,
+                    "weight": e.config_weight if e is not None else 1,
+                    "lb_weight": e.weight if e is not None else 1,
                     "priority": prios[i] if i < len(prios) else 0,
                     "locality": e.locality if e is not None else "",
                     "workload": e.workload if e is not None else "",

@@ -197,8 +197,12 @@ def _describe_cluster(c: Optional[Cluster], name: str, snap: Snapshot) -> list[s
         return lines
     for e in c.endpoints:
         extra = []
-        if e.weight != 1:
-            extra.append(f"weight {e.weight}")
+        if e.config_weight != 1:
+            extra.append(f"weight {e.config_weight}")
+        if e.weight != e.config_weight:
+            extra.append(f"lb weight {e.weight}")
+        if e.priority:
+            extra.append(f"priority {e.priority}")
         if e.locality:
             extra.append(f"locality {e.locality}")
         if e.sidecar:

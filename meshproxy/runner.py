@@ -405,7 +405,8 @@ class Supervisor(_Process):
         return [{"name": c.name, "direction": c.direction, "service": c.service,
                  "namespace": c.namespace, "port": c.port, "lb_policy": c.lb_policy,
                  "endpoints": [{"address": e.address, "port": e.port, "health": "HEALTHY",
-                                "weight": e.weight, "locality": e.locality,
+                                "weight": e.config_weight, "lb_weight": e.weight,
+                                "priority": e.priority, "locality": e.locality,
                                 "workload": e.workload, "sidecar": e.sidecar,
                                 "rq_active": 0, "rq_total": 0, "cx_active": 0}
                                for e in c.endpoints]} for c in self.snap.clusters]

@@ -313,6 +313,31 @@ def test_invalid_configs(tmp_path, text, expected):
     assert issues == expected
 
 
+# Istio kinds that would change routing or security (docs/configuration.md lists them): each API
+# group's module declares its own, and every one is rejected the same way.
+UNSUPPORTED = [("networking.istio.io/v1", k) for k in ("Gateway", "Sidecar", "EnvoyFilter", "WorkloadGroup")] + [
+    ("networking.istio.io/v1beta1", "ProxyConfig"), ("telemetry.istio.io/v1", "Telemetry"),
+    ("extensions.istio.io/v1alpha1", "WasmPlugin")] + [
+    ("security.istio.io/v1", k) for k in ("PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication")]
+
+
+@pytest.mark.parametrize("api,kind", UNSUPPORTED, ids=[k for _, k in UNSUPPORTED])
+def test_every_unsupported_istio_kind_is_an_error(tmp_path, api, kind):
+    from control.config import UNSUPPORTED_KINDS
+
+    assert kind in UNSUPPORTED_KINDS
+    text = f"apiVersion: {api}\nkind: {kind}\nmetadata: {{name: x, namespace: prod}}\nspec: {{}}\n"
+    assert issues_of(tmp_path, text) == ([f"mesh.yaml: {kind} prod/x: kind {kind} is not supported yet"], [])
+
+
+def test_supported_and_unsupported_kinds():
+    from control.config import KINDS, UNSUPPORTED_KINDS
+
+    assert list(KINDS) == ["ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "Bootstrap"]
+    assert sorted(UNSUPPORTED_KINDS) == sorted(k for _, k in UNSUPPORTED)
+    assert all(KINDS[k].kind == k for k in KINDS)
+
+
 def test_every_problem_is_collected_across_documents(tmp_path):
     text = "\n---\n".join(textwrap.dedent(c[1]) for c in INVALID
                           if c[0] in ("bad-endpoint-port", "unsupported-kind", "bootstrap", "no-name"))

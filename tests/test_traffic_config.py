@@ -3,6 +3,7 @@
 Real YAML (tests/configs/bookinfo.yaml, or files written to tmp_path) compiled to the Snapshot
 contract; every validation error with its exact string; the RE2 checker.
 """
+import json
 import os
 import textwrap
 
@@ -10,9 +11,11 @@ import pytest
 
 from control import ConfigError, build_snapshot, load_config
 from control import re2
-from control.snapshot import (Destination, DirectResponse, Endpoint, Fault, HashPolicy, HeaderMatch, HeaderOps,
-                              LocalityLb, Mirror, QueryMatch, Redirect, Rewrite, Route, RouteMatch, Snapshot,
-                              StringMatch)
+from control.config.networking import LB_SIMPLE
+from control.policy import SIMPLE_LB_POLICIES
+from control.snapshot import (DEFAULT_LB_POLICY, LB_POLICIES, Destination, DirectResponse, Endpoint, Fault,
+                              HashPolicy, HeaderMatch, HeaderOps, LocalityLb, Mirror, QueryMatch, Redirect, Rewrite,
+                              Route, RouteMatch, Snapshot, StringMatch)
 
 HERE = os.path.dirname(__file__)
 BOOKINFO = os.path.join(HERE, "configs", "bookinfo.yaml")
@@ -283,6 +286,60 @@ def test_port_level_settings_and_hash_policies(tmp_path):
     assert warnings_of(snap) == [
         "spec.subsets[0].trafficPolicy.loadBalancer.simple: LEAST_CONN is deprecated: it means LEAST_REQUEST"]
     assert Snapshot.from_dict(snap.to_dict()) == snap
+
+
+# Every loadBalancer form a DestinationRule can take -> the cluster's lb_policy, always one of the six
+# names of snapshot.LB_POLICIES (control is the only place Istio's names are interpreted).
+LB_FORMS = [(f"simple-{v}", {"simple": v}, want) for v, want in [
+    ("UNSPECIFIED", "LEAST_REQUEST"), ("LEAST_CONN", "LEAST_REQUEST"), ("LEAST_REQUEST", "LEAST_REQUEST"),
+    ("ROUND_ROBIN", "ROUND_ROBIN"), ("RANDOM", "RANDOM"), ("PASSTHROUGH", "PASSTHROUGH"),
+    ("round_robin", "ROUND_ROBIN"), ("least_conn", "LEAST_REQUEST")]] + [
+    (f"consistentHash-{name}", {"consistentHash": ch}, want) for name, ch, want in [
+        ("header", {"httpHeaderName": "x-user"}, "RING_HASH"),
+        ("cookie", {"httpCookie": {"name": "s", "ttl": "10s"}}, "RING_HASH"),
+        ("source-ip", {"useSourceIp": True}, "RING_HASH"),
+        ("query", {"httpQueryParameterName": "u"}, "RING_HASH"),
+        ("ring-hash", {"httpHeaderName": "x-user", "ringHash": {"minimumRingSize": 64}}, "RING_HASH"),
+        ("legacy-ring-size", {"useSourceIp": True, "minimumRingSize": 64}, "RING_HASH"),
+        ("maglev", {"httpHeaderName": "x-user", "maglev": {}}, "MAGLEV"),
+        ("maglev-table", {"useSourceIp": True, "maglev": {"tableSize": 7}}, "MAGLEV")]] + [
+    ("no-policy", {}, "LEAST_REQUEST"),
+    ("locality-only", {"localityLbSetting": {"enabled": True}}, "LEAST_REQUEST")]
+WHERE = {  # (DestinationRule spec around the loadBalancer, the cluster it applies to)
+    "top": (lambda lb: {"host": "web", "trafficPolicy": {"loadBalancer": lb}}, "outbound|80||"),
+    "port": (lambda lb: {"host": "web", "trafficPolicy": {
+        "portLevelSettings": [{"port": {"number": 80}, "loadBalancer": lb}]}}, "outbound|80||"),
+    "subset": (lambda lb: {"host": "web", "subsets": [
+        {"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"loadBalancer": lb}}]}, "outbound|80|v1|"),
+}
+
+
+@pytest.mark.parametrize("where", list(WHERE))
+@pytest.mark.parametrize("lb,want", [f[1:] for f in LB_FORMS], ids=[f[0] for f in LB_FORMS])
+def test_every_load_balancer_form_compiles_to_a_canonical_policy(tmp_path, lb, want, where):
+    spec, prefix = WHERE[where]
+    vs = doc("VirtualService", "web", json.dumps({"hosts": ["web"], "http": [
+        {"route": [{"destination": {"host": "web", "subset": "v1", "port": {"number": 80}}}]}]}))
+    snap = build_snapshot(write(tmp_path, SERVICES + doc("DestinationRule", "web", json.dumps(spec(lb)))
+                                + (vs if where == "subset" else "")))
+    assert snap.cluster(f"{prefix}web.default.svc.cluster.local").lb_policy == want
+    assert {c.lb_policy for c in snap.clusters} <= set(LB_POLICIES)
+
+
+@pytest.mark.parametrize("spec", [None, {"host": "web"}, {"host": "web", "trafficPolicy": {
+    "connectionPool": {"tcp": {"connectTimeout": "1s"}}}}], ids=["no-destination-rule", "no-traffic-policy",
+                                                                 "no-load-balancer"])
+def test_no_load_balancer_is_istios_default_least_request(tmp_path, spec):
+    text = SERVICES + (doc("DestinationRule", "web", json.dumps(spec)) if spec else "")
+    snap = build_snapshot(write(tmp_path, text))
+    assert [c.lb_policy for c in snap.clusters] == ["LEAST_REQUEST"] * 3
+
+
+def test_simple_lb_table_covers_every_accepted_value():
+    assert sorted(SIMPLE_LB_POLICIES) == sorted(LB_SIMPLE)
+    assert set(SIMPLE_LB_POLICIES.values()) <= set(LB_POLICIES)
+    assert LB_POLICIES == ("ROUND_ROBIN", "RANDOM", "LEAST_REQUEST", "RING_HASH", "MAGLEV", "PASSTHROUGH")
+    assert DEFAULT_LB_POLICY == "LEAST_REQUEST"
 
 
 def test_locality_distribute(tmp_path):

@@ -1,5 +1,6 @@
-"""Config: load (YAML files/directories), schema (field tables per kind), validate."""
+"""Config: load (YAML files/directories), schema (the field-table framework) and one module of tables
+per API group (networking, security, telemetry, extensions, meshproxy; gathered in kinds), validate."""
 from control.config.load import LoadedConfig, Resource, load_config
-from control.config.schema import KINDS, UNSUPPORTED_KINDS
+from control.config.kinds import KINDS, UNSUPPORTED_KINDS
 
 __all__ = ["LoadedConfig", "Resource", "load_config", "KINDS", "UNSUPPORTED_KINDS"]

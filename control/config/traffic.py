@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Optional
 
 from control.config.load import Resource
-from control.config.schema import HTTP_PROTOCOLS, did_you_mean
+from control.config.networking import HTTP_PROTOCOLS
+from control.config.schema import did_you_mean
 
 DOMAIN_SUFFIX = "cluster.local"
 MESH_GATEWAY = "mesh"

@@ -1,7 +1,7 @@
 """Validation: one document against its kind's table, then the documents against each other.
 
 ``validate_document`` checks the envelope (``apiVersion``, ``kind``, ``metadata``) and the spec with
-the kind's ``Struct`` from ``schema.KINDS``. ``validate_resources`` checks what no single document
+the kind's ``Struct`` from ``kinds.KINDS``. ``validate_resources`` checks what no single document
 can: duplicate resources, a second Bootstrap, the same host:port in two ServiceEntries,
 workloadSelectors that select nothing, and VirtualServices and DestinationRules against the services
 (``control.config.traffic``). Neither raises; both return issues and warnings.
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-from control.config import schema
+from control.config import kinds
 from control.config.load import Resource
-from control.config.schema import INVALID, Reporter, did_you_mean, type_name
+from control.config.meshproxy import INBOUND_PORT_ANNOTATION
+from control.config.schema import INVALID, METADATA, Reporter, did_you_mean, type_name
 from control.config.traffic import TrafficIndex
 from control.errors import ConfigIssue
 
@@ -49,12 +50,12 @@ def validate_document(doc, file: str, line: int):
     if not isinstance(doc["kind"], str):
         rep.issue("kind", f"expected a string, got {type_name(doc['kind'])}")
         return None, rep.issues, rep.warnings
-    if kind in schema.UNSUPPORTED_KINDS:
+    if kind in kinds.UNSUPPORTED_KINDS:
         rep.issue("", f"kind {kind} is not supported yet")
         return None, rep.issues, rep.warnings
-    ks = schema.KINDS.get(kind)
+    ks = kinds.KINDS.get(kind)
     if ks is None:
-        rep.issue("", f"unknown kind {kind}" + did_you_mean(kind, list(schema.KINDS) + list(schema.UNSUPPORTED_KINDS)))
+        rep.issue("", f"unknown kind {kind}" + did_you_mean(kind, list(kinds.KINDS) + list(kinds.UNSUPPORTED_KINDS)))
         return None, rep.issues, rep.warnings
 
     api = doc.get("apiVersion")
@@ -67,7 +68,7 @@ def validate_document(doc, file: str, line: int):
         rep.issue("metadata", "required field is missing")
         metadata = INVALID
     else:
-        metadata = schema.METADATA.check(doc["metadata"], "metadata", rep)
+        metadata = METADATA.check(doc["metadata"], "metadata", rep)
         if metadata is not INVALID:
             _check_annotations(metadata.get("annotations", {}), rep)
 
@@ -85,9 +86,9 @@ def validate_document(doc, file: str, line: int):
 
 
 def _check_annotations(annotations: dict, rep: Reporter) -> None:
-    value = annotations.get(schema.INBOUND_PORT_ANNOTATION)
+    value = annotations.get(INBOUND_PORT_ANNOTATION)
     if value is not None and inbound_port_annotation(value) is None:
-        rep.issue(f"metadata.annotations.{schema.INBOUND_PORT_ANNOTATION}", f'"{value}" is not a port (1-65535)')
+        rep.issue(f"metadata.annotations.{INBOUND_PORT_ANNOTATION}", f'"{value}" is not a port (1-65535)')
 
 
 def inbound_port_annotation(value: str) -> Optional[int]:
@@ -111,7 +112,7 @@ def validate_resources(resources: list):
             issues.append(r.issue("", f"defined more than once (first in {first.file}, line {first.line})"))
             continue
         seen[ident] = r
-        if schema.KINDS[r.kind].singleton:
+        if kinds.KINDS[r.kind].singleton:
             if r.kind in singletons:
                 first = singletons[r.kind]
                 issues.append(r.issue("", f"only one {r.kind} is allowed (already defined: {r.kind} "

@@ -1,0 +1,89 @@
+"""DestinationRule ``trafficPolicy`` -> the ``Cluster`` fields it sets, for one port and subset.
+
+The load-balancing policy (``lb_policy``: this is the only place Istio's policy names are
+interpreted), the consistent-hash key and table size, the locality setting (applied to the
+endpoints by ``control.locality``) and the connection timeouts.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from control.snapshot import DEFAULT_LB_POLICY, HashPolicy, LocalityLb
+
+_POLICY_PARTS = ("loadBalancer", "connectionPool")
+RING_SIZE = 1024  # Envoy's default minimum_ring_size
+MAGLEV_TABLE_SIZE = 65537  # Envoy's default maglev table_size
+
+
+#: DestinationRule ``loadBalancer.simple`` (every value the schema accepts) -> ``Cluster.lb_policy``.
+SIMPLE_LB_POLICIES = {
+    "UNSPECIFIED": DEFAULT_LB_POLICY,
+    "LEAST_CONN": "LEAST_REQUEST",  # deprecated in Istio: "use LEAST_REQUEST"
+    "LEAST_REQUEST": "LEAST_REQUEST",
+    "ROUND_ROBIN": "ROUND_ROBIN",
+    "RANDOM": "RANDOM",
+    "PASSTHROUGH": "PASSTHROUGH",
+}
+
+
+def lb_policy(lb: dict) -> str:
+    """The ``Cluster.lb_policy`` (one of ``snapshot.LB_POLICIES``) for a validated ``loadBalancer``.
+
+    This is the only place Istio's policy names are interpreted: ``consistentHash`` is MAGLEV when
+    it sets ``maglev``, else RING_HASH; ``simple`` goes through ``SIMPLE_LB_POLICIES``; neither set
+    (or no ``loadBalancer`` at all) is Istio's default, LEAST_REQUEST.
+    """
+    if lb.get("consistentHash"):
+        return "MAGLEV" if "maglev" in lb["consistentHash"] else "RING_HASH"
+    return SIMPLE_LB_POLICIES[lb.get("simple", "UNSPECIFIED")]
+
+
+def _port_level(policy: dict, port: int) -> Optional[dict]:
+    return next((p for p in policy.get("portLevelSettings", []) if p["port"]["number"] == port), None)
+
+
+def traffic_policy(dr_spec: dict, port: int, subset: Optional[dict]) -> dict:
+    """Cluster fields from a DestinationRule, merged the way Istio does.
+
+    Top-level policy, then its portLevelSettings for ``port`` (each part set there replaces the
+    top-level one), then the subset's policy (each part set replaces), then the subset's
+    portLevelSettings for ``port`` (replacing every part: port-level policies do not inherit).
+    """
+    top = dr_spec.get("trafficPolicy", {})
+    parts = {k: top.get(k) for k in _POLICY_PARTS}
+    pls = _port_level(top, port)
+    if pls:
+        parts.update({k: pls[k] for k in _POLICY_PARTS if k in pls})
+    sub = (subset or {}).get("trafficPolicy")
+    if sub:
+        parts.update({k: sub[k] for k in _POLICY_PARTS if k in sub})
+        spls = _port_level(sub, port)
+        if spls:
+            parts = {k: spls.get(k) for k in _POLICY_PARTS}
+    out: dict = {}
+    lb = parts["loadBalancer"] or {}
+    out["lb_policy"] = lb_policy(lb)
+    ch = lb.get("consistentHash")
+    if ch:
+        maglev = "maglev" in ch
+        cookie = ch.get("httpCookie", {})
+        out["hash_policy"] = HashPolicy(
+            header=ch.get("httpHeaderName", ""), cookie=cookie.get("name", ""), cookie_ttl=cookie.get("ttl", 0.0),
+            cookie_path=cookie.get("path", ""), source_ip=bool(ch.get("useSourceIp", False)),
+            query_param=ch.get("httpQueryParameterName", ""),
+            ring_size=0 if maglev else ch.get("ringHash", {}).get("minimumRingSize",
+                                                                  ch.get("minimumRingSize", RING_SIZE)),
+            maglev_table_size=ch["maglev"].get("tableSize", MAGLEV_TABLE_SIZE) if maglev else 0)
+    loc = lb.get("localityLbSetting")
+    if loc:
+        out["locality_lb"] = LocalityLb(
+            enabled=loc["enabled"],
+            distribute=tuple((d["from"], tuple(d["to"].items())) for d in loc.get("distribute", [])),
+            failover=tuple((f["from"], f["to"]) for f in loc.get("failover", [])),
+            failover_priority=tuple(loc.get("failoverPriority", ())))
+    pool = parts["connectionPool"] or {}
+    if "connectTimeout" in pool.get("tcp", {}):
+        out["connect_timeout"] = pool["tcp"]["connectTimeout"]
+    if "idleTimeout" in pool.get("http", {}):
+        out["idle_timeout"] = pool["http"]["idleTimeout"]
+    return out
