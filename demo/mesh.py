@@ -1,4 +1,5 @@
-"""``meshproxy demo``: a small mesh on loopback with live traffic through a real sidecar.
+"""The demo (``make demo``, ``python -m demo``): a small mesh on loopback with live traffic through
+a real sidecar. Development tooling: it lives in the source tree, not in the meshproxy package.
 
 What runs (all on this host, no network, no root)::
 
@@ -10,13 +11,13 @@ What runs (all on this host, no network, no root)::
       v
     frontend 127.0.0.10   reviews v1/v2/v3 127.0.0.11-13   ratings 127.0.0.14   (port 9080 each)
 
-Each demo service is a subprocess (``python -m meshproxy.demo --serve ...``): uvloop plus a tiny
+Each demo service is a subprocess (``python -m demo --serve ...``): uvloop plus a tiny
 hand-written HTTP/1.1 responder (keep-alive) answering JSON with its name and version after a
 per-service delay, so latencies differ visibly. Every child runs in its own session (so Ctrl-C in
 the terminal reaches only the demo, which then stops everything in order) and dies with the demo
 process on Linux (``PR_SET_PDEATHSIG``); the services also exit when their stdin pipe closes.
 
-``python -m meshproxy.demo --services-only [--config-out mesh.yaml]`` starts only the services and
+``python -m demo --services-only [--config-out mesh.yaml]`` starts only the services and
 writes the config, so the sidecar can be run by hand: ``meshproxy run --config mesh.yaml``.
 """
 from __future__ import annotations
@@ -322,9 +323,9 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def render_config(instances, outbound: tuple, admin: tuple, prometheus_port: int,
                   status_port: int, inbound_port: int) -> str:
     docs = [f"""\
-# meshproxy demo mesh, written by `meshproxy demo` (see docs/demo.md).
+# meshproxy demo mesh, written by `make demo` / `python -m demo` (see docs/demo.md).
 # Run a sidecar on it yourself: meshproxy run --config <this file>
-# (the demo services must be running: python -m meshproxy.demo --services-only)
+# (the demo services must be running: python -m demo --services-only)
 apiVersion: meshproxy.io/v1alpha1
 kind: Bootstrap
 metadata:
@@ -381,7 +382,7 @@ def start_services(instances, workdir: str, marker: str) -> None:
     for inst in instances:
         log = open(os.path.join(workdir, f"{inst.name}.log"), "wb")
         try:
-            inst.proc = _popen([sys.executable, "-m", "meshproxy.demo", "--serve", inst.service,
+            inst.proc = _popen([sys.executable, "-m", "demo", "--serve", inst.service,
                                 inst.version, inst.address, str(inst.port), "--marker", marker],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
         finally:
@@ -946,8 +947,12 @@ def _summary(stats: Stats, sc: Sidecar, instances, elapsed: float, sidecar_rc) -
     print("\n".join(lines), flush=True)
 
 
-def _cli(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m meshproxy.demo")
+def cli(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m demo",
+        description="Start small demo services, a sidecar (meshproxy run) in front of them and a "
+                    "load generator, and print a live summary of requests, endpoints and "
+                    "latencies. Ctrl-C stops everything. See docs/demo.md.")
     ap.add_argument("--serve", nargs=4, metavar=("SERVICE", "VERSION", "ADDRESS", "PORT"),
                     help="run one demo service (used by the demo itself)")
     ap.add_argument("--marker", help="ignored; tags the process command line")
@@ -955,8 +960,9 @@ def _cli(argv=None) -> int:
                     help="start the demo services, write the config, wait for Ctrl-C")
     ap.add_argument("--config-out", metavar="PATH", default="meshproxy-demo.yaml",
                     help="with --services-only: where to write the config")
-    ap.add_argument("--duration", type=float, default=0)
-    ap.add_argument("--rate", type=float, default=200)
+    ap.add_argument("--duration", type=float, default=0,
+                    help="stop after this many seconds (default: run until Ctrl-C)")
+    ap.add_argument("--rate", type=float, default=200, help="requests per second (default 200)")
     args = ap.parse_args(argv)
     if args.serve:
         service, version, address, port = args.serve
@@ -993,7 +999,3 @@ def services_only(config_out: str) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         stop_services(instances)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    sys.exit(_cli())
