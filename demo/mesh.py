@@ -11,9 +11,9 @@ What runs (all on this host, no network, no root)::
       v
     frontend 127.0.0.10   reviews v1/v2/v3 127.0.0.11-13   ratings 127.0.0.14   (port 9080 each)
 
-Each demo service is a subprocess (``python -m demo --serve ...``): uvloop plus a tiny
-hand-written HTTP/1.1 responder (keep-alive) answering JSON with its name and version after a
-per-service delay, so latencies differ visibly. Every child runs in its own session (so Ctrl-C in
+Each demo service is a subprocess (``python -m demo --serve ...``): on uvloop, a routing backend
+of the integration tests (``tests/integration/routing_backend.py``, keep-alive HTTP/1.1) answering
+JSON as ``<service>-<version>`` after a per-instance delay, so latencies differ visibly. Every child runs in its own session (so Ctrl-C in
 the terminal reaches only the demo, which then stops everything in order) and dies with the demo
 process on Linux (``PR_SET_PDEATHSIG``); the services also exit when their stdin pipe closes.
 
@@ -39,6 +39,8 @@ import time
 from array import array
 from collections import deque
 from typing import Optional
+
+from tests.integration import routing_backend
 
 NAMESPACE = "default"
 SUFFIX = f".{NAMESPACE}.svc.cluster.local"
@@ -91,97 +93,8 @@ def _delay(service: str, version: str) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# Demo service: a tiny keep-alive HTTP/1.1 responder (runs in a child process)
+# Demo service: a routing backend of the integration tests (runs in a child process)
 # --------------------------------------------------------------------------------------------
-
-class _Responder(asyncio.Protocol):
-    MAX_HEAD = 64 * 1024
-
-    def __init__(self, service: str, version: str, instance: str):
-        self.service, self.version, self.instance = service, version, instance
-        self.buf = b""
-        self.pending: list = []  # parsed requests waiting for their turn (pipelining keeps order)
-        self.busy = False
-        self.transport = None
-        self.skip = 0  # request body bytes still to discard
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def connection_lost(self, exc):
-        self.transport = None
-
-    def data_received(self, data: bytes):
-        self.buf += data
-        while True:
-            if self.skip:
-                n = min(self.skip, len(self.buf))
-                self.buf, self.skip = self.buf[n:], self.skip - n
-                if self.skip:
-                    return
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buf) > self.MAX_HEAD:
-                    self._fail(431)
-                return
-            head, self.buf = self.buf[:end].decode("latin-1"), self.buf[end + 4:]
-            lines = head.split("\r\n")
-            parts = lines[0].split(" ")
-            if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-                self._fail(400)
-                return
-            headers = {}
-            for line in lines[1:]:
-                k, sep, v = line.partition(":")
-                if not sep:
-                    self._fail(400)
-                    return
-                headers[k.strip().lower()] = v.strip()
-            if "chunked" in headers.get("transfer-encoding", "").lower():
-                self._fail(501)
-                return
-            try:
-                self.skip = int(headers.get("content-length", "0") or 0)
-            except ValueError:
-                self._fail(400)
-                return
-            conn = headers.get("connection", "").lower()
-            keep = ("close" not in conn) if parts[2] == "HTTP/1.1" else ("keep-alive" in conn)
-            self.pending.append((parts[0], parts[1], headers.get("host", ""), keep))
-            self._next()
-
-    def _next(self):
-        if self.busy or not self.pending or self.transport is None:
-            return
-        self.busy = True
-        req = self.pending.pop(0)
-        d = _delay(self.service, self.version)
-        asyncio.get_running_loop().call_later(d, self._respond, req, d)
-
-    def _respond(self, req, delay):
-        self.busy = False
-        if self.transport is None:
-            return
-        method, path, host, keep = req
-        body = json.dumps({"service": self.service, "version": self.version,
-                           "instance": self.instance, "method": method, "path": path,
-                           "host": host, "delay_ms": round(delay * 1000, 2)}).encode() + b"\n"
-        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nX-Served-By: {self.service}-{self.version}\r\n"
-                f"{'' if keep else 'Connection: close' + chr(13) + chr(10)}\r\n")
-        self.transport.write(head.encode() + (b"" if method == "HEAD" else body))
-        if not keep:
-            self.transport.close()
-            return
-        self._next()
-
-    def _fail(self, status: int):
-        if self.transport is not None:
-            self.transport.write(f"HTTP/1.1 {status} Error\r\nContent-Length: 0\r\n"
-                                 f"Connection: close\r\n\r\n".encode())
-            self.transport.close()
-        self.buf = b""
-
 
 def _new_loop():
     try:
@@ -192,16 +105,17 @@ def _new_loop():
 
 
 def serve(service: str, version: str, address: str, port: int) -> int:
-    """Run one demo service until SIGTERM/SIGINT or until stdin closes (the demo has gone)."""
+    """Run one demo service until SIGTERM/SIGINT or until stdin closes (the demo has gone): a
+    routing backend (tests/integration/routing_backend.py) answering as ``<service>-<version>``
+    (its ``X-Served-By``) after a delay drawn from the instance's latency profile."""
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     stop = asyncio.Event()
 
     async def main():
-        box = {}
-        server = await loop.create_server(lambda: _Responder(service, version, box["instance"]),
-                                          address, port, reuse_address=True)
-        instance = box["instance"] = f"{address}:{server.sockets[0].getsockname()[1]}"
+        server = await routing_backend.serve(address, port, f"{service}-{version}",
+                                             delay=lambda: _delay(service, version), log=False)
+        instance = f"{address}:{server.sockets[0].getsockname()[1]}"
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         sys.stdout.write(f"ready {instance}\n")
