@@ -13,9 +13,11 @@ What runs (all on this host, no network, no root)::
 
 Each demo service is a subprocess (``python -m demo --serve ...``): on uvloop, a routing backend
 of the integration tests (``tests/integration/routing_backend.py``, keep-alive HTTP/1.1) answering
-JSON as ``<service>-<version>`` after a per-instance delay, so latencies differ visibly. Every child runs in its own session (so Ctrl-C in
-the terminal reaches only the demo, which then stops everything in order) and dies with the demo
-process on Linux (``PR_SET_PDEATHSIG``); the services also exit when their stdin pipe closes.
+JSON as ``<service>-<version>`` after a per-instance delay, so latencies differ visibly. The load
+generator is the benchmark's (``bench/loadgen.py``), on a thread of the demo process. Every child
+runs in its own session (so Ctrl-C in the terminal reaches only the demo, which then stops
+everything in order) and dies with the demo process on Linux (``PR_SET_PDEATHSIG``); the services
+also exit when their stdin pipe closes.
 
 ``python -m demo --services-only [--config-out mesh.yaml]`` starts only the services and
 writes the config, so the sidecar can be run by hand: ``meshproxy run --config mesh.yaml``.
@@ -25,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import random
 import re
@@ -35,11 +36,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from array import array
 from collections import deque
 from typing import Optional
 
+from bench import loadgen
 from tests.integration import routing_backend
 
 NAMESPACE = "default"
@@ -334,11 +336,7 @@ def stop_services(instances) -> None:
 # --------------------------------------------------------------------------------------------
 
 def percentile(sorted_values, q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    # nearest rank
-    i = min(len(sorted_values) - 1, max(0, math.ceil(q / 100.0 * len(sorted_values)) - 1))
-    return sorted_values[i]
+    return loadgen.nearest_rank(sorted_values, q) if sorted_values else float("nan")
 
 
 class Stats:
@@ -389,7 +387,63 @@ class Stats:
         return lat, n, e
 
 
-async def _read_response(reader: asyncio.StreamReader, method: str = "GET"):
+class Load:
+    """Open-loop load: bench/loadgen.py's generator (``OpenLoop``) on its own thread, ``rate``
+    requests/s to the services in turn over a few keep-alive connections. Latency is measured from
+    each request's due time, so queueing behind a slow response counts (no coordinated omission).
+    The generator's thread only queues outcomes; ``collect()``, on the event loop's thread, records
+    them in ``stats``."""
+
+    TIMEOUT = 5.0
+    GRACE = 2.0  # how long stop() waits for the requests in flight
+
+    def __init__(self, address: str, port: int, rate: float, stats: Stats):
+        self.stats = stats
+        self.outcomes: deque = deque()
+        requests = [loadgen.request(s + SUFFIX, PATHS[s], agent="meshproxy-demo") for s in SERVICES]
+        self.gen = loadgen.OpenLoop(
+            address, port, requests, rate, max(4, min(64, int(rate / 25) + 1)),
+            lambda *outcome: self.outcomes.append(outcome), timeout=self.TIMEOUT,
+            max_backlog=max(1000, int(rate * 2)))
+        self.thread = threading.Thread(target=self.gen.run,
+                                       kwargs={"drain": self.GRACE, "start_in": 0.0},
+                                       name="demo-load", daemon=True)
+
+    def start(self):
+        self.thread.start()
+
+    def collect(self):
+        """Record the outcomes that came in since the last call."""
+        while self.outcomes:
+            i, due, _, done, head, error = self.outcomes.popleft()
+            if error is None:
+                code, served = _status_and_server(head)
+            else:
+                code, served = ("timeout" if error == loadgen.TIMEOUT else "ERR"), None
+            self.stats.record(SERVICES[i % len(SERVICES)], code, (done - due) * 1000.0, served)
+        self.stats.skipped = self.gen.skipped
+
+    async def stop(self):
+        """Stop sending, let in-flight requests finish (up to GRACE), record everything."""
+        self.gen.stop()
+        while self.thread.is_alive():
+            await asyncio.sleep(0.001)
+        self.collect()
+
+
+def _status_and_server(head: bytes):
+    """(status code, X-Served-By or None) of a response head; code "ERR" if it has none."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    code = parts[1] if len(parts) > 1 and parts[1].isdigit() else "ERR"
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "x-served-by":
+            return code, value.strip()
+    return code, None
+
+
+async def _read_response(reader: asyncio.StreamReader):
     """Returns (status, headers, body) of one HTTP/1.1 response with a Content-Length."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head[:-4].decode("latin-1").split("\r\n")
@@ -409,90 +463,10 @@ async def _read_response(reader: asyncio.StreamReader, method: str = "GET"):
                 break
             body += chunk[:-2]
     elif "content-length" in headers:
-        body = b"" if method == "HEAD" else await reader.readexactly(int(headers["content-length"]))
+        body = await reader.readexactly(int(headers["content-length"]))
     else:
         body = await reader.read()
     return status, headers, body
-
-
-class Load:
-    """Open-loop load: ``rate`` requests/s scheduled on a clock, served by a few keep-alive
-    connections. Latency is measured from the scheduled send time, so queueing behind a slow
-    response counts (no coordinated omission)."""
-
-    TIMEOUT = 5.0
-
-    def __init__(self, address: str, port: int, rate: float, stats: Stats):
-        self.address, self.port, self.rate, self.stats = address, port, rate, stats
-        self.conns = max(4, min(64, int(rate / 25) + 1))
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.tasks: list = []
-        self.inflight = 0
-
-    def start(self):
-        self.tasks = [asyncio.ensure_future(self._worker()) for _ in range(self.conns)]
-        self.tasks.append(asyncio.ensure_future(self._schedule()))
-
-    async def _schedule(self):
-        clock = time.perf_counter  # uvloop's loop.time() has 1 ms resolution
-        interval = 1.0 / self.rate
-        backlog_cap = max(1000, int(self.rate * 2))
-        i = 0
-        next_t = clock()
-        while True:
-            now = clock()
-            while next_t <= now:
-                if self.queue.qsize() < backlog_cap:
-                    self.queue.put_nowait((next_t, SERVICES[i % len(SERVICES)]))
-                else:
-                    self.stats.skipped += 1
-                i += 1
-                next_t += interval
-            await asyncio.sleep(max(0.0, next_t - clock()))
-
-    async def _worker(self):
-        reader = writer = None
-        while True:
-            t0, service = await self.queue.get()
-            self.inflight += 1
-            code, served = "ERR", None
-            try:
-                if writer is None:
-                    reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection(self.address, self.port), self.TIMEOUT)
-                writer.write(f"GET {PATHS[service]} HTTP/1.1\r\nHost: {service}{SUFFIX}\r\n"
-                             f"User-Agent: meshproxy-demo\r\n\r\n".encode())
-                status, headers, _ = await asyncio.wait_for(_read_response(reader), self.TIMEOUT)
-                code, served = str(status), headers.get("x-served-by")
-                if headers.get("connection", "").lower() == "close":
-                    writer.close()
-                    writer = None
-            except asyncio.CancelledError:
-                self.inflight -= 1
-                if writer is not None:
-                    writer.close()
-                raise
-            except asyncio.TimeoutError:
-                code = "timeout"
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-                code = "ERR"
-            if code in ("ERR", "timeout") and writer is not None:
-                writer.close()
-                writer = None
-            self.stats.record(service, code, (time.perf_counter() - t0) * 1000.0, served)
-            self.inflight -= 1
-
-    async def stop(self, grace: float = 2.0):
-        """Stop scheduling, let in-flight requests finish (up to ``grace``), drop the rest."""
-        self.tasks[-1].cancel()
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        deadline = asyncio.get_running_loop().time() + grace
-        while self.inflight and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 async def http_get(address: str, port: int, path: str, timeout: float = 1.0):
@@ -802,6 +776,7 @@ async def _run(loop, duration, rate, instances, outbound, admin, path, sidecar,
             now = loop.time()
             if now >= tick - 1e-3:
                 await sc.scrape()
+                load.collect()
                 lat, n, e = stats.take_interval()
                 screen.draw(now - t0, stats, sc, (lat, n, e, now - last))
                 last = now
