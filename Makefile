@@ -44,7 +44,7 @@ build: venv
 	$(PY) setup.py -q build_ext --inplace -j 2
 
 demo: build
-	$(VENV)/bin/meshproxy demo --duration $(DURATION)
+	$(PY) -m demo --duration $(DURATION)
 
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,19 +1,23 @@
-"""Unit tests of the benchmark's own tools (no servers, no load): ``pytest bench/test_tools.py``.
+"""Unit tests of the benchmark's own tools (no real load): ``pytest bench/test_tools.py``.
 
 The stack collapser and SVG writer of ``profiler.py``, the load generator's percentiles and response
-framing, and the CI gate logic of ``report.py`` (a gate fails only when both ratios are below).
+framing, its ``OpenLoop`` outcomes against a small loopback server in a thread (answers, server
+closes, timeouts, refused connections, the backlog cap, stop()), and the CI gate logic of
+``report.py`` (a gate fails only when both ratios are below).
 """
 from __future__ import annotations
 
 import os
+import socketserver
 import sys
+import threading
 import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pytest  # noqa: E402
 
-from loadgen import percentiles, response_length  # noqa: E402
+from loadgen import IO_ERROR, TIMEOUT, OpenLoop, percentiles, request, response_length  # noqa: E402
 from profiler import collapse_perf, flamegraph_svg  # noqa: E402
 from report import Row, check_targets  # noqa: E402
 
@@ -67,6 +71,87 @@ def test_response_length():
     assert response_length(bytearray(head + b"hel")) == len(head) + 5
     with pytest.raises(ValueError):
         response_length(bytearray(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"))
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    """Keep-alive HTTP/1.1 on loopback: ``/`` answers "ok", ``/close`` answers with Connection:
+    close and closes, ``/mute`` never answers."""
+    daemon_threads = True
+    allow_reuse_address = True
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self):
+            while True:
+                line = self.rfile.readline()
+                if not line:
+                    return
+                target = line.split()[1]
+                while self.rfile.readline() not in (b"\r\n", b""):
+                    pass
+                if target == b"/mute":
+                    continue
+                close = target == b"/close"
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                                 + (b"Connection: close\r\n" if close else b"") + b"\r\nok")
+                if close:
+                    return
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), self.Handler)
+        self.port = self.server_address[1]
+        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
+
+    def stop(self):
+        self.shutdown()
+        self.server_close()
+
+
+def test_open_loop_reports_every_request_once():
+    server = _Server()
+    outcomes = {}
+    try:
+        gen = OpenLoop("127.0.0.1", server.port, [request("h", p) for p in ("/", "/close", "/mute")],
+                       50, 8, lambda i, *rest: outcomes.setdefault(i, []).append(rest),
+                       timeout=0.3)
+        gen.run(0.6, drain=2.0, start_in=0.0)
+    finally:
+        server.stop()
+    assert sorted(outcomes) == list(range(30)) and all(len(v) == 1 for v in outcomes.values())
+    for i, [(due, sent, done, head, error)] in outcomes.items():
+        assert due <= sent <= done
+        if i % 3 == 2:
+            assert (head, error) == (None, TIMEOUT) and done - sent >= 0.3
+        else:
+            assert error is None and head.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert (b"Connection: close" in head) == (i % 3 == 1)
+    assert gen.skipped == gen.abandoned == 0
+
+
+def test_open_loop_refused_connections_are_errors_until_stop():
+    server = _Server()
+    port = server.port
+    server.stop()  # nothing listens there any more
+    outcomes = []
+    gen = OpenLoop("127.0.0.1", port, [request("h")], 200, 2, lambda *o: outcomes.append(o))
+    threading.Timer(0.3, gen.stop).start()
+    gen.run()  # until stop()
+    assert 20 <= len(outcomes) <= 100
+    assert all(o[4:] == (None, IO_ERROR) for o in outcomes)
+    assert [o[0] for o in outcomes] == list(range(len(outcomes)))
+
+
+def test_open_loop_backlog_cap_skips_the_oldest():
+    server = _Server()
+    outcomes = []
+    try:
+        gen = OpenLoop("127.0.0.1", server.port, [request("h", "/mute")], 1000, 1,
+                       lambda *o: outcomes.append(o), max_backlog=10)
+        gen.run(0.3, drain=0.2)
+    finally:
+        server.stop()
+    # request 0 went out and got no answer; of the 299 due behind it, all but 10 were skipped
+    assert outcomes == [] and gen.abandoned == 1
+    assert 280 <= gen.skipped <= 290
 
 
 def _samples(rps: dict[str, list[float]], conns: int = 50) -> list[dict]:

@@ -14,11 +14,11 @@ examples:
   meshproxy run --config mesh/ --workload default/ratings-1 --concurrency 2
   meshproxy validate mesh.yaml
   meshproxy explain --config mesh.yaml GET http://reviews/ -H 'end-user: jason'
-  meshproxy demo --duration 20
   curl -H 'Host: echo.default.svc.cluster.local' http://127.0.0.1:15001/
 
 Config is Istio YAML (ServiceEntry, WorkloadEntry) plus an optional meshproxy Bootstrap document;
-see docs/configuration.md.
+see docs/configuration.md. The demo mesh is development tooling in the source tree, not a
+meshproxy command: `make demo` in a checkout (docs/demo.md).
 """
 
 
@@ -62,14 +62,6 @@ def _parser() -> argparse.ArgumentParser:
                                      "resource and field path.")
     val.add_argument("path", metavar="PATH", help="a YAML file or directory")
     val.add_argument("--workload", "-w", metavar="NAME", help="compile for this WorkloadEntry")
-
-    demo = sub.add_parser("demo", help="run the built-in demo mesh with live traffic",
-                          description="Start small demo services, a sidecar in front of them and "
-                                      "a load generator, and print a live summary of requests, "
-                                      "endpoints and latencies. Ctrl-C stops everything.")
-    demo.add_argument("--duration", type=float, default=0,
-                      help="stop after this many seconds (default: run until Ctrl-C)")
-    demo.add_argument("--rate", type=float, default=200, help="requests per second (default 200)")
 
     ex = sub.add_parser(
         "explain", help="show how a request would be routed, without sending it",
@@ -191,9 +183,6 @@ def main(argv=None) -> int:
         return cmd_run(args)
     if args.cmd == "validate":
         return cmd_validate(args)
-    if args.cmd == "demo":
-        from meshproxy.demo import main as demo_main
-        return demo_main(duration=args.duration, rate=args.rate)
     if args.cmd == "explain":
         return cmd_explain(args)
     if args.cmd == "version":

@@ -1,4 +1,5 @@
-"""``meshproxy demo``: end to end as a subprocess (not a TTY), Ctrl-C, start-up failure, no leftovers."""
+"""The demo (``python -m demo``, the demo/ package): end to end as a subprocess (not a TTY),
+Ctrl-C, start-up failure, no leftovers."""
 import os
 import re
 import signal
@@ -8,7 +9,7 @@ import time
 
 import pytest
 
-from meshproxy import demo
+from demo import mesh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REVIEWS = {"reviews-v1": "127.0.0.11", "reviews-v2": "127.0.0.12", "reviews-v3": "127.0.0.13"}
@@ -43,7 +44,7 @@ def _no_leftovers(marker: str, out: str):
     while _procs_with(marker) and time.time() < deadline:
         time.sleep(0.1)
     assert _procs_with(marker) == [], out
-    assert not any(n.startswith(marker) for n in os.listdir(demo.tempfile.gettempdir()))
+    assert not any(n.startswith(marker) for n in os.listdir(mesh.tempfile.gettempdir()))
 
 
 def _env():
@@ -76,7 +77,7 @@ def _check_summary(out: str, min_total: int):
 
 
 def test_demo_end_to_end():
-    p = subprocess.run([sys.executable, "-m", "meshproxy", "demo", "--duration", "6", "--rate", "100"],
+    p = subprocess.run([sys.executable, "-m", "demo", "--duration", "6", "--rate", "100"],
                        cwd=ROOT, env=_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
                        timeout=90)
     out = p.stdout + p.stderr
@@ -94,7 +95,7 @@ def test_demo_end_to_end():
 
 
 def test_demo_ctrl_c_stops_everything():
-    p = subprocess.Popen([sys.executable, "-m", "meshproxy", "demo", "--rate", "100"], cwd=ROOT,
+    p = subprocess.Popen([sys.executable, "-m", "demo", "--rate", "100"], cwd=ROOT,
                          env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -121,9 +122,9 @@ def test_demo_ctrl_c_stops_everything():
 
 
 def test_demo_sidecar_fails_to_start(monkeypatch, capsys):
-    monkeypatch.setattr(demo, "sidecar_command", lambda path: [
+    monkeypatch.setattr(mesh, "sidecar_command", lambda path: [
         sys.executable, "-c", "import sys; sys.stderr.write('boom: cannot bind\\n'); sys.exit(3)"])
-    assert demo.main(duration=2, rate=50) == 1
+    assert mesh.main(duration=2, rate=50) == 1
     cap = capsys.readouterr()
     assert "the sidecar exited with code 3" in cap.err
     assert "boom: cannot bind" in cap.err
@@ -132,7 +133,7 @@ def test_demo_sidecar_fails_to_start(monkeypatch, capsys):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 def test_children_die_with_a_killed_demo():
-    p = subprocess.Popen([sys.executable, "-m", "meshproxy", "demo", "--rate", "50"], cwd=ROOT,
+    p = subprocess.Popen([sys.executable, "-m", "demo", "--rate", "50"], cwd=ROOT,
                          env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -154,21 +155,21 @@ def test_children_die_with_a_killed_demo():
     while _procs_with(marker) and time.time() < deadline:
         time.sleep(0.1)
     assert _procs_with(marker) == [], out
-    demo.shutil.rmtree(os.path.join(demo.tempfile.gettempdir(), marker), ignore_errors=True)
+    mesh.shutil.rmtree(os.path.join(mesh.tempfile.gettempdir(), marker), ignore_errors=True)
 
 
 def test_config_and_parsers():
     from control import build_snapshot
 
-    insts = [demo.Instance(*spec) for spec in demo.INSTANCES]
-    text = demo.render_config(insts, ("127.0.0.1", 15001), ("127.0.0.1", 15000), 15090, 15021, 15006)
-    tmp = os.path.join(demo.tempfile.mkdtemp(prefix="meshproxy-demo-test-"), "mesh.yaml")
+    insts = [mesh.Instance(*spec) for spec in mesh.INSTANCES]
+    text = mesh.render_config(insts, ("127.0.0.1", 15001), ("127.0.0.1", 15000), 15090, 15021, 15006)
+    tmp = os.path.join(mesh.tempfile.mkdtemp(prefix="meshproxy-demo-test-"), "mesh.yaml")
     try:
         with open(tmp, "w") as f:
             f.write(text)
         snap = build_snapshot(tmp)
     finally:
-        demo.shutil.rmtree(os.path.dirname(tmp))
+        mesh.shutil.rmtree(os.path.dirname(tmp))
     reviews = [c for c in snap.clusters if c.name == "outbound|9080||reviews.default.svc.cluster.local"]
     assert len(reviews) == 1 and len(reviews[0].endpoints) == 3
     assert not snap.warnings
@@ -180,12 +181,12 @@ def test_config_and_parsers():
             'response_code="503",response_flags="UF"} 1\n'
             'istio_requests_total{reporter="destination",destination_service_name="reviews",'
             'response_code="200",response_flags="-"} 99\n')
-    assert demo.parse_istio_requests(prom) == {"reviews": {"200": 7, "503 UF": 1}}
+    assert mesh.parse_istio_requests(prom) == {"reviews": {"200": 7, "503 UF": 1}}
     doc = {"cluster_statuses": [{"name": "c", "host_statuses": [
         {"address": {"socket_address": {"address": "127.0.0.11", "port_value": 9080}},
          "stats": [{"name": "cx_active", "value": "1"}, {"name": "rq_active", "value": "0"},
                    {"name": "rq_total", "value": "42"}]}]}]}
-    assert demo.parse_clusters(doc) == {"127.0.0.11:9080": {"cluster": "c", "rq_total": 42,
+    assert mesh.parse_clusters(doc) == {"127.0.0.11:9080": {"cluster": "c", "rq_total": 42,
                                                             "cx_active": 1, "rq_active": 0}}
-    assert demo.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
-    assert demo.percentile([1.0, 2.0, 3.0, 4.0], 99) == 4.0
+    assert mesh.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
+    assert mesh.percentile([1.0, 2.0, 3.0, 4.0], 99) == 4.0

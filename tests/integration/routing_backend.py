@@ -9,11 +9,14 @@ Every answer is JSON ``{"name", "addr", "method", "target", "headers": [[name, v
 
     /sleep/<seconds>...   sleep before answering (any suffix)
     --delay S             sleep S seconds before every answer
+    HEAD anything         the head of the answer GET would get, without its body
     GET /__log            what was received so far (not recorded itself), as a JSON list
     GET /__reset          forget it (and the counters)
     GET /__stats          {"count", "active", "max_active"}
 
-The ``RoutingBackend`` class runs one as a subprocess (the test's side).
+The ``RoutingBackend`` class runs one as a subprocess (the test's side). ``serve()`` starts one in
+the caller's event loop; it also takes a delay function (a delay drawn per answer) and can keep no
+log (the demo's services, demo/mesh.py, are routing backends that run for hours).
 """
 import argparse
 import asyncio
@@ -49,15 +52,15 @@ async def _read_body(reader, headers):
     return await reader.readexactly(n) if n else b""
 
 
-def _answer(status, body, extra=(), close=False):
+def _answer(status, body, extra=(), close=False, head_only=False):
     head = [f"HTTP/1.1 {status} OK", f"Content-Length: {len(body)}",
             "Content-Type: application/json"] + list(extra)
     if close:
         head.append("Connection: close")
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else body)
 
 
-async def handle(reader, writer, name, delay):
+async def handle(reader, writer, name, delay, log=True):
     addr = "%s:%d" % writer.get_extra_info("sockname")[:2]
     try:
         while True:
@@ -90,12 +93,13 @@ async def handle(reader, writer, name, delay):
                 continue
             rec = {"name": name, "addr": addr, "method": method, "target": target,
                    "headers": headers, "body": body.decode("latin-1")}
-            LOG.append(rec)
+            if log:
+                LOG.append(rec)
             STATS["count"] += 1
             STATS["active"] += 1
             STATS["max_active"] = max(STATS["max_active"], STATS["active"])
             try:
-                wait = delay
+                wait = delay() if callable(delay) else delay
                 if target.startswith("/sleep/"):
                     wait = float(target.split("/")[2].split("?")[0])
                 if wait:
@@ -104,7 +108,7 @@ async def handle(reader, writer, name, delay):
                 STATS["active"] -= 1
             writer.write(_answer(200, json.dumps(rec).encode(), close=close, extra=(
                 f"x-served-by: {name}", "x-up-set: original", "x-up-remove: gone",
-                "x-up-keep: yes")))
+                "x-up-keep: yes"), head_only=method == "HEAD"))
             await writer.drain()
             if close:
                 return
@@ -114,9 +118,16 @@ async def handle(reader, writer, name, delay):
         writer.close()
 
 
+async def serve(host, port, name, delay=0.0, log=True):
+    """Start answering as ``name`` on host:port (0: any free port); returns the asyncio server.
+    ``delay``: seconds before every answer, or a function returning each answer's delay.
+    ``log=False`` keeps nothing for /__log (a long-running backend's memory stays flat)."""
+    return await asyncio.start_server(lambda r, w: handle(r, w, name, delay, log), host, port,
+                                      backlog=1024, reuse_address=True)
+
+
 async def main(host, port, name, delay):
-    server = await asyncio.start_server(lambda r, w: handle(r, w, name, delay), host, port,
-                                        backlog=1024, reuse_address=True)
+    server = await serve(host, port, name, delay)
     print("PORT %d" % server.sockets[0].getsockname()[1], flush=True)
     await asyncio.Event().wait()
 

@@ -1,4 +1,5 @@
-"""``meshproxy demo``: a small mesh on loopback with live traffic through a real sidecar.
+"""The demo (``make demo``, ``python -m demo``): a small mesh on loopback with live traffic through
+a real sidecar. Development tooling: it lives in the source tree, not in the meshproxy package.
 
 What runs (all on this host, no network, no root)::
 
@@ -10,13 +11,15 @@ What runs (all on this host, no network, no root)::
       v
     frontend 127.0.0.10   reviews v1/v2/v3 127.0.0.11-13   ratings 127.0.0.14   (port 9080 each)
 
-Each demo service is a subprocess (``python -m meshproxy.demo --serve ...``): uvloop plus a tiny
-hand-written HTTP/1.1 responder (keep-alive) answering JSON with its name and version after a
-per-service delay, so latencies differ visibly. Every child runs in its own session (so Ctrl-C in
-the terminal reaches only the demo, which then stops everything in order) and dies with the demo
-process on Linux (``PR_SET_PDEATHSIG``); the services also exit when their stdin pipe closes.
+Each demo service is a subprocess (``python -m demo --serve ...``): on uvloop, a routing backend
+of the integration tests (``tests/integration/routing_backend.py``, keep-alive HTTP/1.1) answering
+JSON as ``<service>-<version>`` after a per-instance delay, so latencies differ visibly. The load
+generator is the benchmark's (``bench/loadgen.py``), on a thread of the demo process. Every child
+runs in its own session (so Ctrl-C in the terminal reaches only the demo, which then stops
+everything in order) and dies with the demo process on Linux (``PR_SET_PDEATHSIG``); the services
+also exit when their stdin pipe closes.
 
-``python -m meshproxy.demo --services-only [--config-out mesh.yaml]`` starts only the services and
+``python -m demo --services-only [--config-out mesh.yaml]`` starts only the services and
 writes the config, so the sidecar can be run by hand: ``meshproxy run --config mesh.yaml``.
 """
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import random
 import re
@@ -34,10 +36,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from array import array
 from collections import deque
 from typing import Optional
+
+from bench import loadgen
+from tests.integration import routing_backend
 
 NAMESPACE = "default"
 SUFFIX = f".{NAMESPACE}.svc.cluster.local"
@@ -90,97 +95,8 @@ def _delay(service: str, version: str) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# Demo service: a tiny keep-alive HTTP/1.1 responder (runs in a child process)
+# Demo service: a routing backend of the integration tests (runs in a child process)
 # --------------------------------------------------------------------------------------------
-
-class _Responder(asyncio.Protocol):
-    MAX_HEAD = 64 * 1024
-
-    def __init__(self, service: str, version: str, instance: str):
-        self.service, self.version, self.instance = service, version, instance
-        self.buf = b""
-        self.pending: list = []  # parsed requests waiting for their turn (pipelining keeps order)
-        self.busy = False
-        self.transport = None
-        self.skip = 0  # request body bytes still to discard
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def connection_lost(self, exc):
-        self.transport = None
-
-    def data_received(self, data: bytes):
-        self.buf += data
-        while True:
-            if self.skip:
-                n = min(self.skip, len(self.buf))
-                self.buf, self.skip = self.buf[n:], self.skip - n
-                if self.skip:
-                    return
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buf) > self.MAX_HEAD:
-                    self._fail(431)
-                return
-            head, self.buf = self.buf[:end].decode("latin-1"), self.buf[end + 4:]
-            lines = head.split("\r\n")
-            parts = lines[0].split(" ")
-            if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-                self._fail(400)
-                return
-            headers = {}
-            for line in lines[1:]:
-                k, sep, v = line.partition(":")
-                if not sep:
-                    self._fail(400)
-                    return
-                headers[k.strip().lower()] = v.strip()
-            if "chunked" in headers.get("transfer-encoding", "").lower():
-                self._fail(501)
-                return
-            try:
-                self.skip = int(headers.get("content-length", "0") or 0)
-            except ValueError:
-                self._fail(400)
-                return
-            conn = headers.get("connection", "").lower()
-            keep = ("close" not in conn) if parts[2] == "HTTP/1.1" else ("keep-alive" in conn)
-            self.pending.append((parts[0], parts[1], headers.get("host", ""), keep))
-            self._next()
-
-    def _next(self):
-        if self.busy or not self.pending or self.transport is None:
-            return
-        self.busy = True
-        req = self.pending.pop(0)
-        d = _delay(self.service, self.version)
-        asyncio.get_running_loop().call_later(d, self._respond, req, d)
-
-    def _respond(self, req, delay):
-        self.busy = False
-        if self.transport is None:
-            return
-        method, path, host, keep = req
-        body = json.dumps({"service": self.service, "version": self.version,
-                           "instance": self.instance, "method": method, "path": path,
-                           "host": host, "delay_ms": round(delay * 1000, 2)}).encode() + b"\n"
-        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nX-Served-By: {self.service}-{self.version}\r\n"
-                f"{'' if keep else 'Connection: close' + chr(13) + chr(10)}\r\n")
-        self.transport.write(head.encode() + (b"" if method == "HEAD" else body))
-        if not keep:
-            self.transport.close()
-            return
-        self._next()
-
-    def _fail(self, status: int):
-        if self.transport is not None:
-            self.transport.write(f"HTTP/1.1 {status} Error\r\nContent-Length: 0\r\n"
-                                 f"Connection: close\r\n\r\n".encode())
-            self.transport.close()
-        self.buf = b""
-
 
 def _new_loop():
     try:
@@ -191,16 +107,17 @@ def _new_loop():
 
 
 def serve(service: str, version: str, address: str, port: int) -> int:
-    """Run one demo service until SIGTERM/SIGINT or until stdin closes (the demo has gone)."""
+    """Run one demo service until SIGTERM/SIGINT or until stdin closes (the demo has gone): a
+    routing backend (tests/integration/routing_backend.py) answering as ``<service>-<version>``
+    (its ``X-Served-By``) after a delay drawn from the instance's latency profile."""
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     stop = asyncio.Event()
 
     async def main():
-        box = {}
-        server = await loop.create_server(lambda: _Responder(service, version, box["instance"]),
-                                          address, port, reuse_address=True)
-        instance = box["instance"] = f"{address}:{server.sockets[0].getsockname()[1]}"
+        server = await routing_backend.serve(address, port, f"{service}-{version}",
+                                             delay=lambda: _delay(service, version), log=False)
+        instance = f"{address}:{server.sockets[0].getsockname()[1]}"
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         sys.stdout.write(f"ready {instance}\n")
@@ -322,9 +239,9 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def render_config(instances, outbound: tuple, admin: tuple, prometheus_port: int,
                   status_port: int, inbound_port: int) -> str:
     docs = [f"""\
-# meshproxy demo mesh, written by `meshproxy demo` (see docs/demo.md).
+# meshproxy demo mesh, written by `make demo` / `python -m demo` (see docs/demo.md).
 # Run a sidecar on it yourself: meshproxy run --config <this file>
-# (the demo services must be running: python -m meshproxy.demo --services-only)
+# (the demo services must be running: python -m demo --services-only)
 apiVersion: meshproxy.io/v1alpha1
 kind: Bootstrap
 metadata:
@@ -381,7 +298,7 @@ def start_services(instances, workdir: str, marker: str) -> None:
     for inst in instances:
         log = open(os.path.join(workdir, f"{inst.name}.log"), "wb")
         try:
-            inst.proc = _popen([sys.executable, "-m", "meshproxy.demo", "--serve", inst.service,
+            inst.proc = _popen([sys.executable, "-m", "demo", "--serve", inst.service,
                                 inst.version, inst.address, str(inst.port), "--marker", marker],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
         finally:
@@ -419,11 +336,7 @@ def stop_services(instances) -> None:
 # --------------------------------------------------------------------------------------------
 
 def percentile(sorted_values, q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    # nearest rank
-    i = min(len(sorted_values) - 1, max(0, math.ceil(q / 100.0 * len(sorted_values)) - 1))
-    return sorted_values[i]
+    return loadgen.nearest_rank(sorted_values, q) if sorted_values else float("nan")
 
 
 class Stats:
@@ -474,7 +387,63 @@ class Stats:
         return lat, n, e
 
 
-async def _read_response(reader: asyncio.StreamReader, method: str = "GET"):
+class Load:
+    """Open-loop load: bench/loadgen.py's generator (``OpenLoop``) on its own thread, ``rate``
+    requests/s to the services in turn over a few keep-alive connections. Latency is measured from
+    each request's due time, so queueing behind a slow response counts (no coordinated omission).
+    The generator's thread only queues outcomes; ``collect()``, on the event loop's thread, records
+    them in ``stats``."""
+
+    TIMEOUT = 5.0
+    GRACE = 2.0  # how long stop() waits for the requests in flight
+
+    def __init__(self, address: str, port: int, rate: float, stats: Stats):
+        self.stats = stats
+        self.outcomes: deque = deque()
+        requests = [loadgen.request(s + SUFFIX, PATHS[s], agent="meshproxy-demo") for s in SERVICES]
+        self.gen = loadgen.OpenLoop(
+            address, port, requests, rate, max(4, min(64, int(rate / 25) + 1)),
+            lambda *outcome: self.outcomes.append(outcome), timeout=self.TIMEOUT,
+            max_backlog=max(1000, int(rate * 2)))
+        self.thread = threading.Thread(target=self.gen.run,
+                                       kwargs={"drain": self.GRACE, "start_in": 0.0},
+                                       name="demo-load", daemon=True)
+
+    def start(self):
+        self.thread.start()
+
+    def collect(self):
+        """Record the outcomes that came in since the last call."""
+        while self.outcomes:
+            i, due, _, done, head, error = self.outcomes.popleft()
+            if error is None:
+                code, served = _status_and_server(head)
+            else:
+                code, served = ("timeout" if error == loadgen.TIMEOUT else "ERR"), None
+            self.stats.record(SERVICES[i % len(SERVICES)], code, (done - due) * 1000.0, served)
+        self.stats.skipped = self.gen.skipped
+
+    async def stop(self):
+        """Stop sending, let in-flight requests finish (up to GRACE), record everything."""
+        self.gen.stop()
+        while self.thread.is_alive():
+            await asyncio.sleep(0.001)
+        self.collect()
+
+
+def _status_and_server(head: bytes):
+    """(status code, X-Served-By or None) of a response head; code "ERR" if it has none."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    code = parts[1] if len(parts) > 1 and parts[1].isdigit() else "ERR"
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "x-served-by":
+            return code, value.strip()
+    return code, None
+
+
+async def _read_response(reader: asyncio.StreamReader):
     """Returns (status, headers, body) of one HTTP/1.1 response with a Content-Length."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head[:-4].decode("latin-1").split("\r\n")
@@ -494,90 +463,10 @@ async def _read_response(reader: asyncio.StreamReader, method: str = "GET"):
                 break
             body += chunk[:-2]
     elif "content-length" in headers:
-        body = b"" if method == "HEAD" else await reader.readexactly(int(headers["content-length"]))
+        body = await reader.readexactly(int(headers["content-length"]))
     else:
         body = await reader.read()
     return status, headers, body
-
-
-class Load:
-    """Open-loop load: ``rate`` requests/s scheduled on a clock, served by a few keep-alive
-    connections. Latency is measured from the scheduled send time, so queueing behind a slow
-    response counts (no coordinated omission)."""
-
-    TIMEOUT = 5.0
-
-    def __init__(self, address: str, port: int, rate: float, stats: Stats):
-        self.address, self.port, self.rate, self.stats = address, port, rate, stats
-        self.conns = max(4, min(64, int(rate / 25) + 1))
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.tasks: list = []
-        self.inflight = 0
-
-    def start(self):
-        self.tasks = [asyncio.ensure_future(self._worker()) for _ in range(self.conns)]
-        self.tasks.append(asyncio.ensure_future(self._schedule()))
-
-    async def _schedule(self):
-        clock = time.perf_counter  # uvloop's loop.time() has 1 ms resolution
-        interval = 1.0 / self.rate
-        backlog_cap = max(1000, int(self.rate * 2))
-        i = 0
-        next_t = clock()
-        while True:
-            now = clock()
-            while next_t <= now:
-                if self.queue.qsize() < backlog_cap:
-                    self.queue.put_nowait((next_t, SERVICES[i % len(SERVICES)]))
-                else:
-                    self.stats.skipped += 1
-                i += 1
-                next_t += interval
-            await asyncio.sleep(max(0.0, next_t - clock()))
-
-    async def _worker(self):
-        reader = writer = None
-        while True:
-            t0, service = await self.queue.get()
-            self.inflight += 1
-            code, served = "ERR", None
-            try:
-                if writer is None:
-                    reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection(self.address, self.port), self.TIMEOUT)
-                writer.write(f"GET {PATHS[service]} HTTP/1.1\r\nHost: {service}{SUFFIX}\r\n"
-                             f"User-Agent: meshproxy-demo\r\n\r\n".encode())
-                status, headers, _ = await asyncio.wait_for(_read_response(reader), self.TIMEOUT)
-                code, served = str(status), headers.get("x-served-by")
-                if headers.get("connection", "").lower() == "close":
-                    writer.close()
-                    writer = None
-            except asyncio.CancelledError:
-                self.inflight -= 1
-                if writer is not None:
-                    writer.close()
-                raise
-            except asyncio.TimeoutError:
-                code = "timeout"
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-                code = "ERR"
-            if code in ("ERR", "timeout") and writer is not None:
-                writer.close()
-                writer = None
-            self.stats.record(service, code, (time.perf_counter() - t0) * 1000.0, served)
-            self.inflight -= 1
-
-    async def stop(self, grace: float = 2.0):
-        """Stop scheduling, let in-flight requests finish (up to ``grace``), drop the rest."""
-        self.tasks[-1].cancel()
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        deadline = asyncio.get_running_loop().time() + grace
-        while self.inflight and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 async def http_get(address: str, port: int, path: str, timeout: float = 1.0):
@@ -887,6 +776,7 @@ async def _run(loop, duration, rate, instances, outbound, admin, path, sidecar,
             now = loop.time()
             if now >= tick - 1e-3:
                 await sc.scrape()
+                load.collect()
                 lat, n, e = stats.take_interval()
                 screen.draw(now - t0, stats, sc, (lat, n, e, now - last))
                 last = now
@@ -946,8 +836,12 @@ def _summary(stats: Stats, sc: Sidecar, instances, elapsed: float, sidecar_rc) -
     print("\n".join(lines), flush=True)
 
 
-def _cli(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m meshproxy.demo")
+def cli(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m demo",
+        description="Start small demo services, a sidecar (meshproxy run) in front of them and a "
+                    "load generator, and print a live summary of requests, endpoints and "
+                    "latencies. Ctrl-C stops everything. See docs/demo.md.")
     ap.add_argument("--serve", nargs=4, metavar=("SERVICE", "VERSION", "ADDRESS", "PORT"),
                     help="run one demo service (used by the demo itself)")
     ap.add_argument("--marker", help="ignored; tags the process command line")
@@ -955,8 +849,9 @@ def _cli(argv=None) -> int:
                     help="start the demo services, write the config, wait for Ctrl-C")
     ap.add_argument("--config-out", metavar="PATH", default="meshproxy-demo.yaml",
                     help="with --services-only: where to write the config")
-    ap.add_argument("--duration", type=float, default=0)
-    ap.add_argument("--rate", type=float, default=200)
+    ap.add_argument("--duration", type=float, default=0,
+                    help="stop after this many seconds (default: run until Ctrl-C)")
+    ap.add_argument("--rate", type=float, default=200, help="requests per second (default 200)")
     args = ap.parse_args(argv)
     if args.serve:
         service, version, address, port = args.serve
@@ -993,7 +888,3 @@ def services_only(config_out: str) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         stop_services(instances)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    sys.exit(_cli())
