@@ -73,7 +73,7 @@ class Sidecar:
             stats = self.listener_stats.get(lst.name)
             if stats is None:
                 stats = self.listener_stats[lst.name] = counters.ClusterStats(lst.name)
-            contexts[lst.name] = http1conn.ListenerContext(
+            contexts[lst.name] = stream.ListenerContext(
                 lst.name, router.build_route_context(lst, clusters, chain), stats, access_log,
                 max_head_size=b.limits.max_request_headers_kb * 1024,
                 max_request_line=b.limits.max_request_line,

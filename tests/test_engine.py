@@ -282,7 +282,7 @@ class Engine:
         lst = snap.listeners[0]
         self.stats = b.counters.ClusterStats(lst.name)
         self.routes = b.router.build_route_context(lst, self.clusters, chain)
-        self.ctx = b.http1conn.ListenerContext(lst.name, self.routes, self.stats)
+        self.ctx = b.stream.ListenerContext(lst.name, self.routes, self.stats)
         self.listener = b.http1conn.Listener(self.ctx, self.loop)
 
     def client(self, peer=PEER):

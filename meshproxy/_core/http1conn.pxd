@@ -2,27 +2,15 @@
 # is the same file uncompiled): the HTTP/1 codec as a final cdef class implementing stream.Codec.
 cimport cython
 
-from meshproxy._core.counters cimport ClusterStats as CClusterStats
 from meshproxy._core.http1 cimport ChunkedFramer as CChunkedFramer
 from meshproxy._core.http1 cimport RequestParser as CRequestParser
 from meshproxy._core.http1 cimport ResponseParser as CResponseParser
 from meshproxy._core.router cimport RequestView as CRequestView
-from meshproxy._core.router cimport RouteContext as CRouteContext
-from meshproxy._core.stream cimport Codec, Stream
+from meshproxy._core.stream cimport Codec, ListenerContext, Stream
 
 cdef int ST_HEAD, ST_BODY, ST_WAIT, ST_TUNNEL, ST_CLOSED
 cdef int PAUSE_PIPELINE
 cdef Py_ssize_t MAX_PIPELINED
-
-
-@cython.final
-cdef class ListenerContext:
-    cdef public str name
-    cdef public CRouteContext routes
-    cdef public CClusterStats stats
-    cdef public object access_log
-    cdef public Py_ssize_t max_head_size, max_request_line, max_headers
-    cdef public str version
 
 
 @cython.final

@@ -17,13 +17,13 @@ buffer. The connection's state moves:
     any --error or close--> ST_CLOSED
 
 A request with no body goes straight from ST_HEAD to ST_WAIT. Routing state lives in a
-``ListenerContext`` per listener, replaced whole on reload; a stream reads it once, when it starts,
+``stream.ListenerContext`` per listener, replaced whole on reload; a stream reads it once, when it starts,
 so in-flight requests finish on the snapshot they started with.
 """
 # Relative imports: compiled, these are the compiled siblings; as meshproxy._py.http1conn, the twins.
 from .http1 import ChunkedFramer, RequestParser
 from .router import RequestView
-from .stream import Codec, Stream, local_reply
+from .stream import Codec, ListenerContext, Stream, local_reply  # noqa: F401 (re-exported)
 
 from meshproxy.errors import ProtocolError
 
@@ -35,24 +35,6 @@ ST_CLOSED = 4
 
 PAUSE_PIPELINE = 16  # (a codec's own pause reasons start at 16, see stream.PAUSE_*)
 MAX_PIPELINED = 65536  # pipelined bytes held while a response is pending before reading pauses
-
-
-class ListenerContext:
-    """Everything a listener serves with; replaced whole on reload.
-
-    ``routes`` is the listener's ``router.RouteContext`` (what ``router.decide`` reads).
-    """
-
-    def __init__(self, name, routes, stats, access_log=None, max_head_size=61440,
-                 max_request_line=16384, max_headers=100, version=""):
-        self.name = name
-        self.routes = routes
-        self.stats = stats
-        self.access_log = access_log
-        self.max_head_size = max_head_size
-        self.max_request_line = max_request_line
-        self.max_headers = max_headers
-        self.version = version
 
 
 class Listener:
@@ -247,7 +229,7 @@ class Http1Connection(Codec):
             has_body = self.req_remaining > 0
         self.state = ST_BODY if has_body else ST_WAIT
         self.view.reset(p)
-        s = Stream(self, listener.ctx, p, self.view)
+        s = Stream.new(self, listener.ctx, p, self.view)
         self.stream = s
         if not has_body:
             s.request_end()

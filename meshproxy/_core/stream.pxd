@@ -65,10 +65,20 @@ cdef class Codec:
 
 
 @cython.final
+cdef class ListenerContext:
+    cdef public str name
+    cdef public CRouteContext routes
+    cdef public CClusterStats stats
+    cdef public object access_log
+    cdef public Py_ssize_t max_head_size, max_request_line, max_headers
+    cdef public str version
+
+
+@cython.final
 @cython.freelist(16)
 cdef class Stream:
     cdef public Codec conn
-    cdef public object ctx
+    cdef public ListenerContext ctx
     cdef public CRequestParser request
     cdef public CRequestView view
     cdef public int state
@@ -96,7 +106,11 @@ cdef class Stream:
     cdef public bytes set_cookie
     cdef public dict filter_state
 
-    @cython.locals(d=CDecision, cluster=CCluster, rc=CRouteContext)
+    @staticmethod
+    @cython.locals(s=Stream)
+    cdef Stream new(Codec conn, ListenerContext ctx, CRequestParser request, CRequestView view)
+    cpdef setup(self, Codec conn, ListenerContext ctx, CRequestParser request, CRequestView view)
+    @cython.locals(d=CDecision, cluster=CCluster, rc=CRouteContext, ctx=ListenerContext)
     cpdef start(self, Py_ssize_t head_length)
     cpdef _run_head_filters(self)
     cpdef bint is_done(self)
@@ -136,7 +150,7 @@ cdef class Stream:
     cpdef resume_upstream(self)
     @cython.locals(up=UpstreamConnection)
     cpdef local_reply(self, int status, bytes body, str flags, bytes extra)
-    @cython.locals(cluster=CCluster, ep=CEndpoint, dur=double, us="long long")
+    @cython.locals(cluster=CCluster, ep=CEndpoint, dur=double, us="long long", ctx=ListenerContext)
     cpdef finish(self, int status)
 
 

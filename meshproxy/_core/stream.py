@@ -175,10 +175,42 @@ class Codec:
         raise NotImplementedError
 
 
+class ListenerContext:
+    """Everything a listener serves with; replaced whole on reload.
+
+    ``routes`` is the listener's ``router.RouteContext`` (what ``decide`` reads); ``stats`` the
+    listener's counters; the limits are the codec's.
+    """
+
+    def __init__(self, name, routes, stats, access_log=None, max_head_size=61440,
+                 max_request_line=16384, max_headers=100, version=""):
+        self.name = name
+        self.routes = routes
+        self.stats = stats
+        self.access_log = access_log
+        self.max_head_size = max_head_size
+        self.max_request_line = max_request_line
+        self.max_headers = max_headers
+        self.version = version
+
+
 class Stream:
-    """One request: its route decision, filters, endpoint, upstream, timings and flags."""
+    """One request: its route decision, filters, endpoint, upstream, timings and flags.
+
+    A codec makes one with ``Stream.new(conn, ctx, request, view)`` (no Python-level constructor
+    call on the hot path) and then calls ``start(head_length)``.
+    """
 
     def __init__(self, conn, ctx, request, view):
+        self.setup(conn, ctx, request, view)
+
+    @staticmethod
+    def new(conn, ctx, request, view):
+        s = Stream.__new__(Stream)
+        s.setup(conn, ctx, request, view)
+        return s
+
+    def setup(self, conn, ctx, request, view):
         self.conn = conn
         self.ctx = ctx
         self.request = request  # the codec's parsed request (HTTP/1: http1.RequestParser)
