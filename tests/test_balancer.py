@@ -1,9 +1,10 @@
 """Pickers, both twins: RoundRobinPicker (rotation, weighted shares, smoothness), RANDOM,
 LEAST_REQUEST (P2C and EDF), RING_HASH and MAGLEV (shares, disruption, twin identity), hash_key,
-make_picker, bad input.
+make_picker, bad input, and the construction both twins share (meshproxy/_lbtables.py).
 
 ``balancer`` is each build's module in turn and ``twins`` both at once (tests/conftest.py)."""
 import collections
+import hashlib
 import json
 import math
 import os
@@ -12,6 +13,9 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from meshproxy import _lbtables
+
 
 def test_equal_weights_rotate(balancer):
     p = balancer.RoundRobinPicker([1, 1, 1])
@@ -321,9 +325,8 @@ def test_p2c_never_picks_the_busier_sample(balancer, active, seed):
             balancer.__name__, active, shares)
 
 
-def _c_samples(seed, n):
-    # Model of the compiled twin's sampler: splitmix64-seeded xorshift128+, Lemire's
-    # multiply-shift on the upper 32 bits of each draw.
+def _c_draws(seed):
+    # Model of the compiled twin's generator: splitmix64-seeded xorshift128+, 64 bits per draw.
     m64 = 2 ** 64 - 1
     x = seed & m64
 
@@ -340,13 +343,35 @@ def _c_samples(seed, n):
         a = s0
         s1 ^= (s1 << 23) & m64
         b = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26)
-        yield ((((b + s0) & m64) >> 32) * n) >> 32
+        yield (b + s0) & m64
+
+
+def _c_samples(seed, n):
+    # The compiled twin's sampler: Lemire's multiply-shift on the upper 32 bits of each draw.
+    for r in _c_draws(seed):
+        yield ((r >> 32) * n) >> 32
+
+
+def _py_draws(seed):
+    rng = random.Random(seed)
+    while True:
+        yield rng.getrandbits(64)
 
 
 def _py_samples(seed, n):
     rng = random.Random(seed)
     while True:
         yield rng.randrange(n)
+
+
+@pytest.mark.parametrize("weights", [[1, 1, 1], [1, 2, 7], [(i * 5) % 7 + 1 for i in range(40)]])
+def test_random_pick_is_pick_draw_of_its_own_stream(impl, weights):
+    # Each twin's pick() is its pick_draw() of its own generator's next 64 bits (xorshift128+ for
+    # the compiled one, random.Random(seed).getrandbits(64) for the pure one).
+    draws = (_c_draws if impl.compiled else _py_draws)(99)
+    p = impl.balancer.RandomPicker(weights, seed=99)
+    expected = [p.pick_draw(next(draws)) for _ in range(5000)]
+    assert [p.pick() for _ in range(5000)] == expected
 
 
 @settings(max_examples=40, deadline=None)
@@ -517,3 +542,89 @@ def test_single_endpoint_always_zero(balancer, policy):
     p = balancer.make_picker(policy, [4])
     hashed = policy in ("RING_HASH", "MAGLEV")
     assert {p.pick(k) if hashed else p.pick() for k in _keys(200)} == {0}
+
+
+# --- construction written once (meshproxy/_lbtables.py) -----------------------------------------
+
+SWEEP_WEIGHTS = [[1], [1, 1, 1], [1, 2, 7], [(i * 5) % 7 + 1 for i in range(40)], [3] * 17 + [50]]
+BUILDERS = ("round_robin_weights", "alias_table", "least_request_start", "ring_points", "maglev_table")
+
+
+@pytest.mark.parametrize("weights", SWEEP_WEIGHTS, ids=lambda w: f"n{len(w)}")
+def test_twins_build_from_the_shared_tables_and_pick_identically(twins, weights, monkeypatch):
+    # Every picker of either twin is built by meshproxy/_lbtables.py (each builder is called once
+    # per construction), holds exactly what it returned, and the twins' own per-pick code picks the
+    # same endpoint for every key (ring, Maglev), every 64-bit draw (alias table) and every step
+    # of the deterministic EDF schedule.
+    calls = collections.Counter()
+    for name in BUILDERS:
+        def spy(*args, _real=getattr(_lbtables, name), _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(_lbtables, name, spy)
+    n = len(weights)
+    names = NAMES[:n]
+    keys = _keys(20_000, seed=n) + [0, 1, 2 ** 63, 2 ** 64 - 1]
+    draws = _keys(20_000, seed=n + 1) + [0, 2 ** 32 - 1, 2 ** 32, 2 ** 64 - 1]
+    built = {}
+    for build in twins:
+        b = build.balancer
+        built[build.name] = {
+            "rr": b.RoundRobinPicker(weights),
+            "random": b.RandomPicker(weights, seed=1),
+            "lr": b.LeastRequestPicker(weights, active=[i % 3 for i in range(n)]),
+            "ring": b.RingHashPicker(weights, names=names, minimum_ring_size=2048),
+            "maglev": b.MaglevPicker(weights, names=names, table_size=4099),
+        }
+    assert calls == {name: 2 for name in BUILDERS}
+    c, py = built["c"], built["py"]
+    hash_key = twins.py.balancer.hash_key
+
+    ring = _lbtables.ring_points(weights, names, 2048, 8388608, hash_key)
+    assert c["ring"].ring() == py["ring"].ring() == list(zip(ring.hashes, ring.owners))
+    assert c["ring"].ring_size == py["ring"].ring_size == len(ring.hashes)
+    assert [c["ring"].pick(k) for k in keys] == [py["ring"].pick(k) for k in keys]
+
+    table = _lbtables.maglev_table(weights, names, 4099, hash_key).table
+    assert c["maglev"].table() == py["maglev"].table() == table
+    assert [c["maglev"].pick(k) for k in keys] == [py["maglev"].pick(k) for k in keys] == [
+        table[k % 4099] for k in keys]
+
+    prob, alias = _lbtables.alias_table(weights)
+    assert c["random"].alias_table() == py["random"].alias_table() == (prob, alias)
+    lookup = [col if r >> 32 < prob[col] else alias[col]
+              for r in draws for col in [((r & 0xFFFFFFFF) * n) >> 32]]
+    assert [c["random"].pick_draw(r) for r in draws] == [py["random"].pick_draw(r) for r in draws] == lookup
+
+    steps = 20 * sum(weights)
+    assert [c["rr"].pick() for _ in range(steps)] == [py["rr"].pick() for _ in range(steps)]
+    if len(set(weights)) > 1:   # EDF (no randomness): the same schedule from the same heap
+        assert [c["lr"].pick() for _ in range(steps)] == [py["lr"].pick() for _ in range(steps)]
+
+
+def _digest(obj):
+    return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:16]
+
+
+# Digests of what both twins built when each had its own construction code (e683eed; the C and
+# Python builders agreed entry for entry): the shared builder must place every key as they did.
+PLACEMENT = [
+    ([1, 1, 1], None, "768bab2c5ccee6b7", "88ba32117912e1d3"),
+    ([1, 2, 7], ["a:1", "b:1", "c:1"], "431ee445647682bc", "18ca68d8ada8bbc2"),
+    ([(i * 5) % 7 + 1 for i in range(40)], NAMES[:40], "fbf937b5be46b2fe", "be2f9560601c6413"),
+]
+
+
+@pytest.mark.parametrize("weights,names,ring_digest,maglev_digest", PLACEMENT, ids=["equal", "abc", "n40"])
+def test_placement_unchanged_from_independent_twins(balancer, weights, names, ring_digest, maglev_digest):
+    assert _digest(balancer.RingHashPicker(weights, names=names).ring()) == ring_digest
+    assert _digest(balancer.MaglevPicker(weights, names=names).table()) == maglev_digest
+
+
+@pytest.mark.parametrize("weights,digest", [([1, 2, 7], "dacb43606477b0de"),
+                                            ([(i * 5) % 7 + 1 for i in range(40)], "39b69837f056a7db")])
+def test_compiled_seeded_random_sequence_unchanged(twins, weights, digest):
+    # xorshift128+ draws through the alias table: the same sequence as with the compiled twin's own
+    # table builder (e683eed), so the shared alias table is the one it built.
+    p = twins.c.balancer.RandomPicker(weights, seed=7)
+    assert _digest([twins.c.balancer.RandomPicker(weights, seed=7).pick()] + [p.pick() for _ in range(3000)]) == digest
