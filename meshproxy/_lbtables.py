@@ -255,13 +255,13 @@ def maglev_table(weights, names, table_size, hash_key):
 
 _LEAST_REQUEST_OPTIONS = ("active", "choice_count", "seed", "active_request_bias")
 
-#: Istio policy name -> (picker class name in either twin, options it takes besides ``names``).
+#: Canonical policy name -> (picker class name in either twin, options it takes besides ``names``).
+#: Only these names: control normalises Istio's spellings (``UNSPECIFIED`` and ``LEAST_CONN`` mean
+#: ``LEAST_REQUEST``) and ``PASSTHROUGH`` never reaches a picker.
 POLICIES = {
     "ROUND_ROBIN": ("RoundRobinPicker", ()),
     "RANDOM": ("RandomPicker", ("seed",)),
     "LEAST_REQUEST": ("LeastRequestPicker", _LEAST_REQUEST_OPTIONS),
-    "LEAST_CONN": ("LeastRequestPicker", _LEAST_REQUEST_OPTIONS),
-    "UNSPECIFIED": ("LeastRequestPicker", _LEAST_REQUEST_OPTIONS),
     "RING_HASH": ("RingHashPicker", ("names", "minimum_ring_size", "maximum_ring_size")),
     "MAGLEV": ("MaglevPicker", ("names", "table_size")),
 }
@@ -276,11 +276,12 @@ def picker_factory(*classes):
         raise TypeError(f"picker_factory lacks {', '.join(sorted(missing))}")
 
     def make_picker(policy, weights, **options):
-        """The picker for an Istio load-balancing policy name (see balancer.pyi)."""
+        """The picker for a canonical load-balancing policy name (see balancer.pyi)."""
         try:
             class_name, accepted = POLICIES[policy]
         except (KeyError, TypeError):
-            raise ValueError(f"unknown load-balancing policy {policy!r}") from None
+            raise ValueError(f"unknown load-balancing policy {policy!r} "
+                             f"(one of {', '.join(POLICIES)})") from None
         names = options.pop("names", None)
         unknown = set(options) - set(accepted)
         if unknown:

@@ -209,16 +209,17 @@ Picker = Union[RoundRobinPicker, RandomPicker, LeastRequestPicker, RingHashPicke
 
 
 def make_picker(policy: str, weights: Sequence[int], **options: Any) -> Picker:
-    """The picker for an Istio load-balancing policy.
+    """The picker for a canonical load-balancing policy name.
 
     ``ROUND_ROBIN`` -> RoundRobinPicker; ``RANDOM`` -> RandomPicker (``seed``);
-    ``LEAST_REQUEST`` (also ``LEAST_CONN``, Istio's deprecated alias, and ``UNSPECIFIED``, Istio's
-    default) -> LeastRequestPicker (``active``, ``choice_count``, ``seed``,
+    ``LEAST_REQUEST`` -> LeastRequestPicker (``active``, ``choice_count``, ``seed``,
     ``active_request_bias``); ``RING_HASH`` -> RingHashPicker (``minimum_ring_size``,
     ``maximum_ring_size``); ``MAGLEV`` -> MaglevPicker (``table_size``). ``names`` (one per
-    endpoint) is accepted for every policy and used by the two hashing ones.
+    endpoint) is accepted for every policy and used by the two hashing ones. Only these five
+    names: control normalises Istio's other spellings (``UNSPECIFIED`` and ``LEAST_CONN`` are
+    ``LEAST_REQUEST``), and ``PASSTHROUGH`` never reaches a picker.
 
     Raises:
-        ValueError: unknown policy name (``PASSTHROUGH`` is not a picker), or bad weights/options.
+        ValueError: any other policy name (the message names it), or bad weights/options.
         TypeError: an option the policy does not take.
     """
