@@ -6,7 +6,7 @@ change: argument checks, the smooth round robin's weights, the Vose alias table 
 least-request start (active counts, options, the EDF heap at time 0), Envoy's ring-hash ring and
 Maglev table, and the policy table of ``make_picker``. The compiled pickers copy what it returns
 into C arrays; the pure ones keep the lists. Because the two twins build from one source, their
-rings, tables and alias tables are the same object for object, and only the per-pick code (and
+rings, tables and alias tables are the same entry for entry, and only the per-pick code (and
 xxHash64, which the engine also runs per request to hash a key) is written twice, once per twin.
 
 The builders that hash (``ring_points``, ``maglev_table``) take the calling twin's own
