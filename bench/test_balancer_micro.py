@@ -14,22 +14,23 @@ dominate; divide by 1000 for one pick. Two ways to loop (``mode``):
 uneven weights (RANDOM and LEAST_REQUEST also with equal weights: the alias/P2C paths differ from
 the weighted ones). Hash-based pickers take precomputed key hashes, so only the pick is measured.
 Judge by the compiled/pure ratio within one run (``python bench/test_balancer_micro.py`` prints
-the table), not by absolute times on a shared machine.
+the table), not by absolute times on a shared machine. The builds (``impl``: ``py`` and ``c``)
+come from tests/conftest.py through bench/conftest.py.
 """
 from __future__ import annotations
 
 import array
-import importlib
 import os
 import random
 import sys
 
 import pytest
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 try:
     import meshproxy  # noqa: F401
 except ImportError:  # not installed: benchmark the source tree (extensions built in place)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, ROOT)
 
 LOOP = 1000
 SIZES = [3, 100, 10_000]
@@ -37,17 +38,6 @@ ALGOS = ["ROUND_ROBIN", "RANDOM", "RANDOM_EQUAL", "LEAST_REQUEST", "LEAST_REQUES
          "RING_HASH", "MAGLEV"]
 KEYS = array.array("Q", [random.Random(1).getrandbits(64) for _ in range(LOOP)])
 MODES = ["engine", "python"]
-
-
-def _module(kind):
-    name = "meshproxy._py.balancer" if kind == "pure" else "meshproxy._core.balancer"
-    try:
-        mod = importlib.import_module(name)
-    except ImportError as e:
-        pytest.skip(f"{name} not importable: {e}")
-    if kind == "compiled" and not (mod.__file__ or "").endswith((".so", ".pyd")):
-        pytest.skip(f"{name} is not a compiled extension ({mod.__file__})")
-    return mod
 
 
 _PICKERS = {}
@@ -92,22 +82,24 @@ def _loop(mod, picker, algo, mode="python"):
     return run
 
 
-@pytest.mark.parametrize("kind", ["compiled", "pure"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("algo", ALGOS)
-def test_pick_1000(benchmark, algo, n, mode, kind):
-    mod = _module(kind)
+def test_pick_1000(benchmark, algo, n, mode, impl):
+    mod = impl.balancer
     picker = _picker(mod, algo, n)
     benchmark.group = f"{algo} n={n} {mode} loop"
-    benchmark.extra_info.update(algo=algo, n=n, kind=kind, mode=mode, picks_per_round=LOOP)
+    benchmark.extra_info.update(algo=algo, n=n, kind=impl.name, mode=mode, picks_per_round=LOOP)
     benchmark(_loop(mod, picker, algo, mode))
 
 
 def main():  # pragma: no cover - manual table
     import timeit
 
-    pure, comp = _module("pure"), _module("compiled")
+    sys.path.insert(0, ROOT)
+    from tests.conftest import load_build
+
+    pure, comp = load_build("py").balancer, load_build("c").balancer
     print("ns per pick (best of 7 x 20 rounds of 1000 picks); ratio = pure / compiled")
     print(f"{'algorithm':<21}{'n':>6} | {'engine loop: C':>14}{'pure':>9}{'ratio':>8} |"
           f" {'python loop: C':>14}{'pure':>9}{'ratio':>8}")

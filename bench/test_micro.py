@@ -2,10 +2,11 @@
 
     .venv/bin/pytest bench/test_micro.py --benchmark-only
 
-Parametrized over meshproxy's pure-Python twin (``meshproxy._py.http1``) and the compiled module
-(``meshproxy._core.http1``, skipped unless it is a built extension), with h11 and httptools as
-outside references. Each implementation that is not importable is skipped, so this file runs
-cleanly before the modules exist.
+Parametrized over meshproxy's two builds (the ``http1``/``balancer`` fixtures of tests/conftest.py,
+through bench/conftest.py: ids ``py`` for the pure-Python twins, ``c`` for the compiled modules,
+skipped when not built and failed when not really compiled), with h11 and httptools as outside
+references (``test_parse_reference``, in the same group as ``test_parse``), each skipped when not
+installed.
 
 What one iteration does (as on the proxy's hot path, one parser reused per connection):
 
@@ -18,7 +19,6 @@ What one iteration does (as on the proxy's hot path, one parser reused per conne
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
@@ -45,22 +45,8 @@ REQUEST = (
 EXTRA = b"x-request-id: 6f1c2b7e-8d3a-4f5b-9c0e-1a2b3c4d5e6f\r\nx-forwarded-proto: http\r\n"
 
 
-def _meshproxy_module(kind: str):
-    name = "meshproxy._py.http1" if kind == "py" else "meshproxy._core.http1"
-    try:
-        mod = importlib.import_module(name)
-    except ImportError as e:
-        pytest.skip(f"{name} not importable: {e}")
-    if kind == "compiled" and not (mod.__file__ or "").endswith((".so", ".pyd")):
-        pytest.skip(f"{name} is not a compiled extension ({mod.__file__})")
-    if not hasattr(mod, "RequestParser"):
-        pytest.skip(f"{name} has no RequestParser yet")
-    return mod
-
-
-def _meshproxy_parse(kind: str):
-    mod = _meshproxy_module(kind)
-    parser = mod.RequestParser()
+def _meshproxy_parse(http1):
+    parser = http1.RequestParser()
     parse = parser.parse
     n = parse(REQUEST, 0)
     assert n == len(REQUEST), n
@@ -119,29 +105,24 @@ def _h11_parse():
     return run
 
 
-IMPLS = ["meshproxy-py", "meshproxy-compiled", "httptools", "h11"]
+PARSE_GROUP = "http1 request head parse (8 headers)"
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_parse(benchmark, impl):
-    benchmark.group = "http1 request head parse (8 headers)"
-    if impl == "meshproxy-py":
-        run = _meshproxy_parse("py")
-    elif impl == "meshproxy-compiled":
-        run = _meshproxy_parse("compiled")
-    elif impl == "httptools":
-        run = _httptools_parse()
-    else:
-        run = _h11_parse()
-    benchmark(run)
+def test_parse(benchmark, http1):
+    benchmark.group = PARSE_GROUP
+    benchmark(_meshproxy_parse(http1))
 
 
-@pytest.mark.parametrize("kind", ["py", "compiled"])
-def test_parse_serialize(benchmark, kind):
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_parse_reference(benchmark, parser):
+    benchmark.group = PARSE_GROUP
+    benchmark(_httptools_parse() if parser == "httptools" else _h11_parse())
+
+
+def test_parse_serialize(benchmark, http1):
     """parse + serialize(extra): the whole head handling of one proxied request."""
     benchmark.group = "http1 request head parse + serialize"
-    mod = _meshproxy_module(kind)
-    parser = mod.RequestParser()
+    parser = http1.RequestParser()
     parse, serialize = parser.parse, parser.serialize
 
     def run():
@@ -153,17 +134,13 @@ def test_parse_serialize(benchmark, kind):
     benchmark(run)
 
 
-@pytest.mark.parametrize("kind", ["py", "compiled"])
-def test_response_parse(benchmark, kind):
+def test_response_parse(benchmark, http1):
     """The origin's response head, parsed by the upstream side (ResponseParser)."""
     benchmark.group = "http1 response head parse"
-    mod = _meshproxy_module(kind)
-    if not hasattr(mod, "ResponseParser"):
-        pytest.skip("no ResponseParser yet")
     head = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 29 Nov 2026 07:43:19 GMT\r\n"
             b"Content-Type: application/json\r\nContent-Length: 1024\r\n"
             b"Connection: keep-alive\r\n\r\n")
-    parser = mod.ResponseParser()
+    parser = http1.ResponseParser()
     parse = parser.parse
     assert parse(head, 0) == len(head) and parser.content_length == 1024
 
@@ -177,25 +154,12 @@ def test_response_parse(benchmark, kind):
 # the rotation fast path; weighted ones run smooth weighted round robin over every endpoint
 # (O(n) per pick), so n=10000 weighted shows the worst case.
 
-def _balancer(kind: str):
-    name = "meshproxy._py.balancer" if kind == "py" else "meshproxy._core.balancer"
-    try:
-        mod = importlib.import_module(name)
-    except ImportError as e:
-        pytest.skip(f"{name} not importable: {e}")
-    if kind == "compiled" and not (mod.__file__ or "").endswith((".so", ".pyd")):
-        pytest.skip(f"{name} is not a compiled extension ({mod.__file__})")
-    return mod
-
-
-@pytest.mark.parametrize("kind", ["py", "compiled"])
 @pytest.mark.parametrize("n", [3, 100, 10000])
 @pytest.mark.parametrize("weights", ["uniform", "weighted"])
-def test_balancer_pick(benchmark, kind, n, weights):
+def test_balancer_pick(benchmark, balancer, n, weights):
     benchmark.group = f"balancer RoundRobinPicker.pick, {weights}, n={n}"
-    mod = _balancer(kind)
     w = [1] * n if weights == "uniform" else [1 + (i % 5) for i in range(n)]
-    picker = mod.RoundRobinPicker(w)
+    picker = balancer.RoundRobinPicker(w)
     pick = picker.pick
     seen = {pick() for _ in range(min(3 * n, 30000))}
     assert seen <= set(range(n)) and len(seen) == n
@@ -224,14 +188,12 @@ def _routes(n_domains: int = 20) -> dict:
     return routes
 
 
-@pytest.mark.parametrize("kind", ["py", "compiled"])
-def test_route_lookup(benchmark, kind):
+def test_route_lookup(benchmark, http1):
     """parse the head (host extracted by the parser), then routes.get(host): the routing step."""
     benchmark.group = "route lookup: parse + dict of 20 domains (120 forms) -> cluster"
-    mod = _meshproxy_module(kind)
     routes = _routes()
     req = REQUEST.replace(b"shop.default.svc.cluster.local", b"svc17.default.svc.cluster.local")
-    parser = mod.RequestParser()
+    parser = http1.RequestParser()
     parse, get = parser.parse, routes.get
 
     def run():
@@ -253,12 +215,10 @@ def test_route_lookup_dict_only(benchmark):
 
 # --- head serialisation ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["py", "compiled"])
-def test_serialize(benchmark, kind):
+def test_serialize(benchmark, http1):
     """RequestParser.serialize(extra) alone, after one parse: the upstream head the proxy writes."""
     benchmark.group = "http1 request head serialize(extra) after parse"
-    mod = _meshproxy_module(kind)
-    parser = mod.RequestParser()
+    parser = http1.RequestParser()
     assert parser.parse(REQUEST, 0) == len(REQUEST)
     serialize = parser.serialize
     out = serialize(EXTRA)

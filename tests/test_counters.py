@@ -1,23 +1,7 @@
-"""ClusterStats twins: identical snapshots for the same calls, histogram edges, merge."""
+"""ClusterStats twins: identical snapshots for the same calls, histogram edges, merge.
+
+``counters`` is each build's module in turn and ``twins`` both at once (tests/conftest.py)."""
 import pytest
-
-from meshproxy._py import counters as py_counters
-
-try:
-    from meshproxy._core import counters as c_counters
-    C_BUILT = c_counters.__file__.endswith((".so", ".pyd"))
-except ImportError:
-    c_counters = None
-    C_BUILT = False
-
-IMPLS = [pytest.param(py_counters, id="py"),
-         pytest.param(c_counters, id="c", marks=pytest.mark.skipif(
-             not C_BUILT, reason="meshproxy._core.counters not built (setup.py build_ext --inplace)"))]
-
-
-@pytest.fixture(params=IMPLS)
-def impl(request):
-    return request.param
 
 
 def drive(m):
@@ -43,31 +27,28 @@ def drive(m):
     return s
 
 
-def test_twins_identical():
-    if not C_BUILT:
-        pytest.skip("meshproxy._core.counters not built")
-    a, b = drive(py_counters).snapshot(), drive(c_counters).snapshot()
+def test_twins_identical(twins):
+    a, b = drive(twins.py.counters).snapshot(), drive(twins.c.counters).snapshot()
     assert a == b
     assert list(a) == list(b)
 
 
-def test_constants_identical():
-    if not C_BUILT:
-        pytest.skip("meshproxy._core.counters not built")
+def test_constants_identical(twins):
+    c_counters, py_counters = twins.c.counters, twins.py.counters
     assert c_counters.BUCKETS_MS == py_counters.BUCKETS_MS
     assert c_counters.BUCKETS_US == py_counters.BUCKETS_US
     assert (c_counters.N_BUCKETS, c_counters.N_CODES) == (py_counters.N_BUCKETS, py_counters.N_CODES)
     assert c_counters.merge is py_counters.merge
 
 
-def test_bucket_constants(impl):
-    assert impl.BUCKETS_MS == (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
+def test_bucket_constants(counters):
+    assert counters.BUCKETS_MS == (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
                                60000, 300000, 600000, 1800000, 3600000)
-    assert impl.N_BUCKETS == 20
+    assert counters.N_BUCKETS == 20
 
 
-def test_snapshot_values(impl):
-    snap = drive(impl).snapshot()
+def test_snapshot_values(counters):
+    snap = drive(counters).snapshot()
     assert snap["name"] == "outbound|80||echo.default.svc.cluster.local"
     assert snap["rq_total"] == 51 and snap["rq_active"] == 1 and snap["rq_completed"] == 50
     assert (snap["cx_total"], snap["cx_active"], snap["cx_connect_fail"], snap["cx_destroy_remote"]) == (3, 2, 1, 1)
@@ -87,8 +68,8 @@ EDGES = [(0, 0), (500, 0), (501, 1), (1000, 1), (1001, 2), (5000, 2), (5001, 3),
 
 
 @pytest.mark.parametrize("duration_us,index", EDGES)
-def test_histogram_edges(impl, duration_us, index):
-    s = impl.ClusterStats("c")
+def test_histogram_edges(counters, duration_us, index):
+    s = counters.ClusterStats("c")
     s.rq_start()
     s.rq_end(200, duration_us, 0, 0)
     buckets = s.snapshot()["latency"]["buckets"]
@@ -97,8 +78,8 @@ def test_histogram_edges(impl, duration_us, index):
     assert buckets == expected
 
 
-def test_negative_bytes_ignored_and_gauges_can_go_negative(impl):
-    s = impl.ClusterStats("c")
+def test_negative_bytes_ignored_and_gauges_can_go_negative(counters):
+    s = counters.ClusterStats("c")
     s.rq_end(200, 10, -5, -6)  # an end without a start must not wrap around
     s.cx_close()
     snap = s.snapshot()
@@ -106,31 +87,31 @@ def test_negative_bytes_ignored_and_gauges_can_go_negative(impl):
     assert snap["bytes_rx"] == 0 and snap["bytes_tx"] == 0
 
 
-def test_readonly_and_types(impl):
-    s = impl.ClusterStats("c")
+def test_readonly_and_types(counters):
+    s = counters.ClusterStats("c")
     s.rq_start()
     assert s.rq_total == 1 and s.name == "c"
     with pytest.raises(AttributeError):
         s.rq_total = 5
     with pytest.raises(TypeError):
-        impl.ClusterStats(None)
+        counters.ClusterStats(None)
 
 
-def test_empty_snapshot(impl):
-    snap = impl.ClusterStats("x").snapshot()
+def test_empty_snapshot(counters):
+    snap = counters.ClusterStats("x").snapshot()
     assert snap["codes"] == {} and snap["flags"] == {}
     assert snap["latency"] == {"buckets": [0] * 20, "sum_ms": 0.0, "count": 0}
 
 
-def test_merge(impl):
-    a, b = impl.ClusterStats("x"), impl.ClusterStats("x")
+def test_merge(counters):
+    a, b = counters.ClusterStats("x"), counters.ClusterStats("x")
     for s, code, dur in ((a, 200, 400), (b, 200, 2000), (b, 503, 7000)):
         s.rq_start()
         s.rq_end(code, dur, 1, 1)
     a.flag("UF", 503)
     b.flag("UF", 503)
     b.cx_open()
-    m = impl.merge([a.snapshot(), b.snapshot()])
+    m = counters.merge([a.snapshot(), b.snapshot()])
     assert m["name"] == "x" and m["rq_total"] == 3 and m["cx_active"] == 1
     assert m["codes"] == {200: 2, 503: 1}
     assert m["flags"] == {"UF|503": 2}
@@ -138,18 +119,18 @@ def test_merge(impl):
     assert m["latency"]["buckets"][0] == 1 and m["latency"]["buckets"][2] == 1 and m["latency"]["buckets"][3] == 1
     assert m["latency"]["sum_ms"] == pytest.approx(9.4)
     # merging one snapshot is the identity
-    assert impl.merge([a.snapshot()]) == a.snapshot()
+    assert counters.merge([a.snapshot()]) == a.snapshot()
 
 
-def test_merge_errors_and_merge_all(impl):
+def test_merge_errors_and_merge_all(counters):
     with pytest.raises(ValueError):
-        impl.merge([])
+        counters.merge([])
     with pytest.raises(ValueError):
-        impl.merge([impl.ClusterStats("a").snapshot(), impl.ClusterStats("b").snapshot()])
-    w1 = [impl.ClusterStats("a"), impl.ClusterStats("b")]
-    w2 = [impl.ClusterStats("b"), impl.ClusterStats("a")]
+        counters.merge([counters.ClusterStats("a").snapshot(), counters.ClusterStats("b").snapshot()])
+    w1 = [counters.ClusterStats("a"), counters.ClusterStats("b")]
+    w2 = [counters.ClusterStats("b"), counters.ClusterStats("a")]
     for s in w1 + w2:
         s.rq_start()
-    merged = impl.merge_all([s.snapshot() for s in w1 + w2])
+    merged = counters.merge_all([s.snapshot() for s in w1 + w2])
     assert [m["name"] for m in merged] == ["a", "b"]
     assert [m["rq_total"] for m in merged] == [2, 2]

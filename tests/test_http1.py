@@ -9,34 +9,12 @@ import re
 import h11
 import pytest
 
-from meshproxy._py import http1 as py_http1
 from meshproxy.errors import ProtocolError
 
 try:
     from http1_cases import CHUNKED_CASES, DIVERGENCES, REQUEST_CASES, RESPONSE_CASES
 except ImportError:  # tests/ imported as a package
     from tests.http1_cases import CHUNKED_CASES, DIVERGENCES, REQUEST_CASES, RESPONSE_CASES
-
-
-def compiled_http1():
-    """The compiled twin, or None when ``meshproxy/_core/http1.pyx`` is not built."""
-    try:
-        from meshproxy._core import http1
-    except ImportError:
-        return None
-    if not http1.__file__.endswith((".so", ".pyd")):
-        return None
-    return http1
-
-
-@pytest.fixture(params=["py", "c"])
-def impl(request):
-    if request.param == "py":
-        return py_http1
-    mod = compiled_http1()
-    if mod is None:
-        pytest.skip("compiled meshproxy._core.http1 is not built (setup.py build_ext --inplace)")
-    return mod
 
 
 SECOND_REQUEST = b"GET /second HTTP/1.1\r\nHost: second.example\r\n\r\n"
@@ -102,17 +80,17 @@ def check_case(parser_cls, case, second):
 
 
 @pytest.mark.parametrize("case", REQUEST_CASES, ids=[c.id for c in REQUEST_CASES])
-def test_request_case(impl, case):
-    check_case(impl.RequestParser, case, SECOND_REQUEST)
+def test_request_case(http1, case):
+    check_case(http1.RequestParser, case, SECOND_REQUEST)
 
 
 @pytest.mark.parametrize("case", RESPONSE_CASES, ids=[c.id for c in RESPONSE_CASES])
-def test_response_case(impl, case):
-    check_case(impl.ResponseParser, case, SECOND_RESPONSE)
+def test_response_case(http1, case):
+    check_case(http1.ResponseParser, case, SECOND_RESPONSE)
 
 
-def test_second_request_attributes_after_reuse(impl):
-    parser = impl.RequestParser()
+def test_second_request_attributes_after_reuse(http1):
+    parser = http1.RequestParser()
     first = b"POST http://a.example/x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
     buf = first + b"abc" + SECOND_REQUEST
     assert parser.parse(buf) == len(first)
@@ -123,25 +101,25 @@ def test_second_request_attributes_after_reuse(impl):
     assert parser.get(b"content-length") is None
 
 
-def test_get(impl):
-    parser = impl.RequestParser()
+def test_get(http1):
+    parser = http1.RequestParser()
     parser.parse(b"GET / HTTP/1.1\r\nHOST: a\r\nX-Dup: 1\r\nx-dup: 2\r\n\r\n")
     assert parser.get(b"host") == b"a"
     assert parser.get(b"x-dup") == b"1"
     assert parser.get(b"missing") is None
 
 
-def test_constants(impl):
-    assert impl.DEFAULT_MAX_HEAD_SIZE == 61440
-    assert impl.DEFAULT_MAX_HEADERS == 100
-    assert impl.DEFAULT_MAX_REQUEST_LINE == 16384
+def test_constants(http1):
+    assert http1.DEFAULT_MAX_HEAD_SIZE == 61440
+    assert http1.DEFAULT_MAX_HEADERS == 100
+    assert http1.DEFAULT_MAX_REQUEST_LINE == 16384
 
 
-def test_incomplete_returns_zero(impl):
+def test_incomplete_returns_zero(http1):
     raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
     for end in range(len(raw)):
-        assert impl.RequestParser().parse(raw[:end]) == 0
-    assert impl.RequestParser().parse(raw, len(raw)) == 0
+        assert http1.RequestParser().parse(raw[:end]) == 0
+    assert http1.RequestParser().parse(raw, len(raw)) == 0
 
 
 @pytest.mark.parametrize(
@@ -154,15 +132,15 @@ def test_incomplete_returns_zero(impl):
     ],
     ids=["431", "414", "bare_lf", "obs_fold"],
 )
-def test_raises_before_head_is_complete(impl, partial, hint):
+def test_raises_before_head_is_complete(http1, partial, hint):
     with pytest.raises(ProtocolError) as info:
-        impl.RequestParser().parse(partial)
+        http1.RequestParser().parse(partial)
     assert info.value.status_hint == hint
 
 
 # --- serialize ------------------------------------------------------------------------------------
-def test_serialize_drops_hop_by_hop(impl):
-    parser = impl.RequestParser()
+def test_serialize_drops_hop_by_hop(http1):
+    parser = http1.RequestParser()
     raw = (
         b"GET /p?q HTTP/1.1\r\n"
         b"Host: a.example\r\n"
@@ -183,8 +161,8 @@ def test_serialize_drops_hop_by_hop(impl):
     )
 
 
-def test_serialize_upgrade(impl):
-    parser = impl.RequestParser()
+def test_serialize_upgrade(http1):
+    parser = http1.RequestParser()
     raw = (
         b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, X-Drop\r\nUpgrade: WebSocket\r\n"
         b"X-Drop: 1\r\nSec-WebSocket-Key: k\r\n\r\n"
@@ -197,8 +175,8 @@ def test_serialize_upgrade(impl):
     )
 
 
-def test_serialize_extra_path_case_version(impl):
-    parser = impl.RequestParser()
+def test_serialize_extra_path_case_version(http1):
+    parser = http1.RequestParser()
     raw = b"POST HTTP://Example.com/a HTTP/1.0\r\nhOsT: Example.com\r\nX-MiXeD: V\r\nContent-Length: 0\r\n\r\n"
     assert parser.parse(bytearray(raw)) == len(raw)
     assert parser.serialize() == b"POST /a HTTP/1.0\r\nhOsT: Example.com\r\nX-MiXeD: V\r\nContent-Length: 0\r\n\r\n"
@@ -208,23 +186,23 @@ def test_serialize_extra_path_case_version(impl):
     )
 
 
-def test_serialize_keeps_ows_as_received(impl):
-    parser = impl.RequestParser()
+def test_serialize_keeps_ows_as_received(http1):
+    parser = http1.RequestParser()
     raw = b"GET / HTTP/1.1\r\nHost:a\r\nX-Sp:  v  \r\n\r\n"
     parser.parse(raw)
     assert parser.serialize() == raw
 
 
-def test_serialize_pipelined_offset(impl):
-    parser = impl.RequestParser()
+def test_serialize_pipelined_offset(http1):
+    parser = http1.RequestParser()
     buf = b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n" + b"GET /2 HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
     first = parser.parse(buf)
     parser.parse(buf, first)
     assert parser.serialize() == b"GET /2 HTTP/1.1\r\nHost: b\r\n\r\n"
 
 
-def test_serialize_response(impl):
-    parser = impl.ResponseParser()
+def test_serialize_response(http1):
+    parser = http1.ResponseParser()
     raw = (
         b"HTTP/1.0 404 Not  Found\r\nConnection: keep-alive, X-A\r\nKeep-Alive: timeout=1\r\n"
         b"X-A: 1\r\nContent-Length: 0\r\nSet-Cookie: a=b\r\n\r\n"
@@ -235,16 +213,16 @@ def test_serialize_response(impl):
     )
 
 
-def test_serialize_response_without_reason(impl):
+def test_serialize_response_without_reason(http1):
     # RFC 9112 section 4: status-line = HTTP-version SP status-code SP [ reason-phrase ]; the
     # second SP is mandatory even when the reason is empty.
-    parser = impl.ResponseParser()
+    parser = http1.ResponseParser()
     parser.parse(b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n")
     assert parser.serialize() == b"HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n"
 
 
-def test_serialize_response_101(impl):
-    parser = impl.ResponseParser()
+def test_serialize_response_101(http1):
+    parser = http1.ResponseParser()
     raw = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: x\r\n\r\n"
     assert parser.parse(raw) == len(raw)
     assert parser.upgrade == b"websocket"
@@ -254,10 +232,10 @@ def test_serialize_response_101(impl):
     )
 
 
-def test_connection_cannot_strip_framing_headers(impl):
+def test_connection_cannot_strip_framing_headers(http1):
     # "Connection: content-length" must not make the proxy forward a body without its framing
     # (a smuggling vector): framing and routing headers survive being named in Connection.
-    parser = impl.RequestParser()
+    parser = http1.RequestParser()
     raw = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: Content-Length, Host\r\nContent-Length: 2\r\n\r\n"
     assert parser.parse(raw) == len(raw)
     assert parser.serialize() == b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n"
@@ -290,9 +268,9 @@ def h11_response(raw):
     return event
 
 
-def _agree_request(impl, case):
+def _agree_request(http1, case):
     event = h11_request(case.raw)
-    parser = impl.RequestParser(**case.kwargs)
+    parser = http1.RequestParser(**case.kwargs)
     ours = parse_whole(parser, case.raw)
     if event is None or ours[0] != "accept":
         return (event is None) == (ours[0] != "accept")
@@ -300,9 +278,9 @@ def _agree_request(impl, case):
         parser.method, parser.target, parser.headers())
 
 
-def _agree_response(impl, case):
+def _agree_response(http1, case):
     event = h11_response(case.raw)
-    parser = impl.ResponseParser(**case.kwargs)
+    parser = http1.ResponseParser(**case.kwargs)
     ours = parse_whole(parser, case.raw)
     if event is None or ours[0] != "accept":
         return (event is None) == (ours[0] != "accept")
@@ -310,8 +288,8 @@ def _agree_response(impl, case):
 
 
 @pytest.mark.parametrize("case", REQUEST_CASES, ids=[c.id for c in REQUEST_CASES])
-def test_h11_oracle_request(impl, case):
-    agree = _agree_request(impl, case)
+def test_h11_oracle_request(http1, case):
+    agree = _agree_request(http1, case)
     if case.id in DIVERGENCES:
         assert not agree, f"h11 now agrees; drop {case.id!r} from DIVERGENCES"
     else:
@@ -319,8 +297,8 @@ def test_h11_oracle_request(impl, case):
 
 
 @pytest.mark.parametrize("case", RESPONSE_CASES, ids=[c.id for c in RESPONSE_CASES])
-def test_h11_oracle_response(impl, case):
-    agree = _agree_response(impl, case)
+def test_h11_oracle_response(http1, case):
+    agree = _agree_response(http1, case)
     if case.id in DIVERGENCES:
         assert not agree, f"h11 now agrees; drop {case.id!r} from DIVERGENCES"
     else:
@@ -354,28 +332,28 @@ def _expected_chunked(case):
 
 
 @pytest.mark.parametrize("case", CHUNKED_CASES, ids=[c.id for c in CHUNKED_CASES])
-def test_chunked_case(impl, case):
+def test_chunked_case(http1, case):
     raw = case.raw
     want = _expected_chunked(case)
     # whole
-    assert _framer_outcome(impl.ChunkedFramer(**case.kwargs), [(raw, 0, len(raw))]) == want
+    assert _framer_outcome(http1.ChunkedFramer(**case.kwargs), [(raw, 0, len(raw))]) == want
     # byte by byte
     calls = [(raw, i, i + 1) for i in range(len(raw))]
-    assert _framer_outcome(impl.ChunkedFramer(**case.kwargs), calls) == want
+    assert _framer_outcome(http1.ChunkedFramer(**case.kwargs), calls) == want
     # split at every offset (same buffer, then two separate buffers)
     for k in range(len(raw) + 1):
-        framer = impl.ChunkedFramer(**case.kwargs)
+        framer = http1.ChunkedFramer(**case.kwargs)
         assert _framer_outcome(framer, [(raw, 0, k), (raw, k, len(raw))]) == want, k
-        framer = impl.ChunkedFramer(**case.kwargs)
+        framer = http1.ChunkedFramer(**case.kwargs)
         assert _framer_outcome(framer, [(raw[:k], 0, k), (raw[k:], 0, len(raw) - k)]) == want, k
     # trailing next-message bytes: the count stops exactly at the end of the body
     buf = b"xx" + raw + SECOND_REQUEST
-    framer = impl.ChunkedFramer(**case.kwargs)
+    framer = http1.ChunkedFramer(**case.kwargs)
     assert _framer_outcome(framer, [(buf, 2, len(buf))]) == want
 
 
-def test_chunked_reset_reuses_framer(impl):
-    framer = impl.ChunkedFramer()
+def test_chunked_reset_reuses_framer(http1):
+    framer = http1.ChunkedFramer()
     body = b"3\r\nabc\r\n0\r\n\r\n"
     assert framer.feed(body, 0, len(body)) == len(body) and framer.done
     framer.reset()
@@ -384,16 +362,16 @@ def test_chunked_reset_reuses_framer(impl):
     assert framer.feed(body, 5, len(body)) == len(body) - 5 and framer.done
 
 
-def test_chunked_large_chunk_counts(impl):
-    framer = impl.ChunkedFramer()
+def test_chunked_large_chunk_counts(http1):
+    framer = http1.ChunkedFramer()
     head = b"ffffffffffffffff\r\n"
     assert framer.feed(head, 0, len(head)) == len(head)
     data = b"z" * 4096
     assert framer.feed(data, 0, len(data)) == len(data) and not framer.done
 
 
-def test_chunked_default_trailer_limit(impl):
-    framer = impl.ChunkedFramer()
+def test_chunked_default_trailer_limit(http1):
+    framer = http1.ChunkedFramer()
     body = b"0\r\nX: " + b"a" * 16384 + b"\r\n\r\n"
     with pytest.raises(ProtocolError) as info:
         framer.feed(body, 0, len(body))
@@ -404,8 +382,8 @@ def test_chunked_default_trailer_limit(impl):
 UUID4 = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
-def test_request_id(impl):
-    ids = [impl.request_id() for _ in range(2000)]
+def test_request_id(http1):
+    ids = [http1.request_id() for _ in range(2000)]
     for rid in ids[:200]:
         assert type(rid) is bytes and len(rid) == 36
         assert UUID4.fullmatch(rid), rid

@@ -5,23 +5,13 @@
 * feeding a valid generated head in pieces, at random split points, never changes the result;
 * the pure-Python and compiled twins agree on every generated input: same outcome, same
   attributes, same ``headers()`` and same ``serialize()`` output (when the compiled one is built).
+
+``http1`` is each build's module in turn and ``twins`` both at once (tests/conftest.py).
 """
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshproxy._py import http1 as py_http1
 from meshproxy.errors import ProtocolError
-
-try:
-    from test_http1 import compiled_http1
-except ImportError:  # tests/ imported as a package
-    from tests.test_http1 import compiled_http1
-
-C_HTTP1 = compiled_http1()
-TWINS = [pytest.param(py_http1, id="py"), pytest.param(
-    C_HTTP1, id="c", marks=pytest.mark.skipif(C_HTTP1 is None, reason="compiled meshproxy._core.http1 is not built"))]
-needs_c = pytest.mark.skipif(C_HTTP1 is None, reason="compiled meshproxy._core.http1 is not built")
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MEDIUM = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -161,65 +151,58 @@ def framer_outcome(framer, raw, cuts):
 
 
 # --- any bytes: parse or ProtocolError, nothing else --------------------------------------------
-@pytest.mark.parametrize("mod", TWINS)
 @MEDIUM
 @given(raw=any_request, start=st.integers(0, 3))
-def test_request_parser_never_leaks(mod, raw, start):
-    outcome(mod.RequestParser(), raw, REQ_ATTRS, min(start, len(raw)))
+def test_request_parser_never_leaks(http1, raw, start):
+    outcome(http1.RequestParser(), raw, REQ_ATTRS, min(start, len(raw)))
 
 
-@pytest.mark.parametrize("mod", TWINS)
 @MEDIUM
 @given(raw=any_response)
-def test_response_parser_never_leaks(mod, raw):
-    outcome(mod.ResponseParser(), raw, RESP_ATTRS)
+def test_response_parser_never_leaks(http1, raw):
+    outcome(http1.ResponseParser(), raw, RESP_ATTRS)
 
 
-@pytest.mark.parametrize("mod", TWINS)
 @MEDIUM
 @given(raw=any_chunked, cuts=st.lists(st.integers(0, 100), max_size=3))
-def test_chunked_framer_never_leaks(mod, raw, cuts):
-    framer_outcome(mod.ChunkedFramer(), raw, [c for c in cuts if c <= len(raw)])
+def test_chunked_framer_never_leaks(http1, raw, cuts):
+    framer_outcome(http1.ChunkedFramer(), raw, [c for c in cuts if c <= len(raw)])
 
 
 # --- split points never change the result --------------------------------------------------------
-@pytest.mark.parametrize("mod", TWINS)
 @FAST
 @given(raw=valid_request(), data=st.data())
-def test_request_split_points(mod, raw, data):
-    whole = outcome(mod.RequestParser(), raw, REQ_ATTRS)
+def test_request_split_points(http1, raw, data):
+    whole = outcome(http1.RequestParser(), raw, REQ_ATTRS)
     assert whole[0] == "accept" and whole[1] == len(raw), whole
     cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=6))
-    assert split_outcome(mod.RequestParser(), raw, cuts, REQ_ATTRS) == whole
+    assert split_outcome(http1.RequestParser(), raw, cuts, REQ_ATTRS) == whole
 
 
-@pytest.mark.parametrize("mod", TWINS)
 @FAST
 @given(raw=valid_response(), data=st.data())
-def test_response_split_points(mod, raw, data):
-    whole = outcome(mod.ResponseParser(), raw, RESP_ATTRS)
+def test_response_split_points(http1, raw, data):
+    whole = outcome(http1.ResponseParser(), raw, RESP_ATTRS)
     assert whole[0] == "accept" and whole[1] == len(raw), whole
     cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=6))
-    assert split_outcome(mod.ResponseParser(), raw, cuts, RESP_ATTRS) == whole
+    assert split_outcome(http1.ResponseParser(), raw, cuts, RESP_ATTRS) == whole
 
 
-@pytest.mark.parametrize("mod", TWINS)
 @FAST
 @given(raw=chunked_body(), data=st.data())
-def test_chunked_split_points(mod, raw, data):
-    assert framer_outcome(mod.ChunkedFramer(), raw, []) == ("done", len(raw))
+def test_chunked_split_points(http1, raw, data):
+    assert framer_outcome(http1.ChunkedFramer(), raw, []) == ("done", len(raw))
     cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=6))
-    assert framer_outcome(mod.ChunkedFramer(), raw, cuts) == ("done", len(raw))
+    assert framer_outcome(http1.ChunkedFramer(), raw, cuts) == ("done", len(raw))
 
 
-@pytest.mark.parametrize("mod", TWINS)
 @FAST
 @given(raw=mutated(valid_request()), data=st.data())
-def test_request_split_points_keep_status_hint(mod, raw, data):
+def test_request_split_points_keep_status_hint(http1, raw, data):
     # on arbitrary input only the outcome kind, the length and the status hint are compared
-    whole = outcome(mod.RequestParser(), raw, REQ_ATTRS)
+    whole = outcome(http1.RequestParser(), raw, REQ_ATTRS)
     cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=4))
-    assert split_outcome(mod.RequestParser(), raw, cuts, REQ_ATTRS)[:2] == whole[:2]
+    assert split_outcome(http1.RequestParser(), raw, cuts, REQ_ATTRS)[:2] == whole[:2]
 
 
 # --- the twins agree ----------------------------------------------------------------------------
@@ -228,39 +211,37 @@ def _settled(a, b):
     return a[0] != "incomplete" and b[0] != "incomplete"
 
 
-@needs_c
 @MEDIUM
 @given(raw=any_request)
-def test_twins_agree_on_requests(raw):
+def test_twins_agree_on_requests(twins, raw):
     raw += b"\r\n\r\n"  # most inputs then hold a complete head
-    a = outcome(py_http1.RequestParser(), raw, REQ_ATTRS)
-    b = outcome(C_HTTP1.RequestParser(), raw, REQ_ATTRS)
+    a = outcome(twins.py.http1.RequestParser(), raw, REQ_ATTRS)
+    b = outcome(twins.c.http1.RequestParser(), raw, REQ_ATTRS)
     if _settled(a, b):
         assert a == b
 
 
-@needs_c
 @MEDIUM
 @given(raw=any_response)
-def test_twins_agree_on_responses(raw):
+def test_twins_agree_on_responses(twins, raw):
     raw += b"\r\n\r\n"
-    a = outcome(py_http1.ResponseParser(), raw, RESP_ATTRS)
-    b = outcome(C_HTTP1.ResponseParser(), raw, RESP_ATTRS)
+    a = outcome(twins.py.http1.ResponseParser(), raw, RESP_ATTRS)
+    b = outcome(twins.c.http1.ResponseParser(), raw, RESP_ATTRS)
     if _settled(a, b):
         assert a == b
 
 
-@needs_c
 @MEDIUM
 @given(raw=any_request)
-def test_twins_agree_on_early_rejection(raw):
+def test_twins_agree_on_early_rejection(twins, raw):
     # Contract: parse "raises at once when what it has already proves the head bad".
-    assert outcome(py_http1.RequestParser(), raw, REQ_ATTRS) == outcome(C_HTTP1.RequestParser(), raw, REQ_ATTRS)
+    py, c = twins.py.http1, twins.c.http1
+    assert outcome(py.RequestParser(), raw, REQ_ATTRS) == outcome(c.RequestParser(), raw, REQ_ATTRS)
 
 
-@needs_c
 @MEDIUM
 @given(raw=any_chunked, cuts=st.lists(st.integers(0, 100), max_size=3))
-def test_twins_agree_on_chunked(raw, cuts):
+def test_twins_agree_on_chunked(twins, raw, cuts):
     cuts = [c for c in cuts if c <= len(raw)]
-    assert framer_outcome(py_http1.ChunkedFramer(), raw, cuts) == framer_outcome(C_HTTP1.ChunkedFramer(), raw, cuts)
+    py, c = twins.py.http1, twins.c.http1
+    assert framer_outcome(py.ChunkedFramer(), raw, cuts) == framer_outcome(c.ChunkedFramer(), raw, cuts)

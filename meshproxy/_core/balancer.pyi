@@ -1,5 +1,9 @@
-"""Load-balancer pickers (contract of meshproxy/_core/balancer.pyx and meshproxy/_py/balancer.py)."""
-from typing import Any, List, Optional, Sequence, Union
+"""Load-balancer pickers (contract of meshproxy/_core/balancer.pyx and meshproxy/_py/balancer.py).
+
+Both twins build their pickers with meshproxy/_lbtables.py (checks, alias table, EDF start, ring,
+Maglev table, policy table) and pick with their own code.
+"""
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 
 class RoundRobinPicker:
@@ -33,10 +37,11 @@ def hash_key(data: bytes, seed: int = 0) -> int:
 class RandomPicker:
     """Weighted random (Istio ``RANDOM``): endpoint ``i`` with probability ``weights[i] / sum``.
 
-    Compiled: Vose's alias table, one xorshift128+ draw per pick. Pure: cumulative weights and a
-    binary search over ``random.Random(seed)``. Unseeded pickers are reseeded in a forked child
-    (``os.register_at_fork``), so pre-fork workers do not replay one sequence; seeded ones are not.
-    With the same seed the two twins agree on the distribution, not on the sequence.
+    Vose's alias table (the same in both twins), one 64-bit draw per pick: compiled, from
+    xorshift128+; pure, from ``random.Random(seed).getrandbits(64)``. Unseeded pickers are
+    reseeded in a forked child (``os.register_at_fork``), so pre-fork workers do not replay one
+    sequence; seeded ones are not. With the same seed the two twins agree on the distribution,
+    not on the sequence; for the same draw they pick the same endpoint (``pick_draw``).
 
     Args:
         weights: one positive int per endpoint (endpoint index = position).
@@ -52,6 +57,14 @@ class RandomPicker:
 
     def pick(self) -> int:
         """Index of a random endpoint, weighted."""
+
+    def pick_draw(self, r: int) -> int:
+        """The index ``pick()`` returns when its generator yields the draw ``r`` (``0 <= r < 2**64``):
+        column ``((r & 0xFFFFFFFF) * size) >> 32``, kept when ``r >> 32 < prob[column]``, else
+        ``alias[column]``."""
+
+    def alias_table(self) -> Tuple[List[int], List[int]]:
+        """``(prob, alias)``: the alias table, ``prob`` in units of 2**-32 (tests, admin)."""
 
 
 class LeastRequestPicker:
@@ -149,6 +162,9 @@ class RingHashPicker:
     @staticmethod
     def hash_key(data: bytes, seed: int = 0) -> int: ...
 
+    def ring(self) -> List[Tuple[int, int]]:
+        """The ring as ``(hash, endpoint index)`` pairs in ring order (tests, admin)."""
+
     def pick(self, key_hash: int) -> int:
         """Endpoint index for a 64-bit key hash (``0 <= key_hash < 2**64``; see ``hash_key``)."""
 
@@ -193,16 +209,17 @@ Picker = Union[RoundRobinPicker, RandomPicker, LeastRequestPicker, RingHashPicke
 
 
 def make_picker(policy: str, weights: Sequence[int], **options: Any) -> Picker:
-    """The picker for an Istio load-balancing policy.
+    """The picker for a canonical load-balancing policy name.
 
     ``ROUND_ROBIN`` -> RoundRobinPicker; ``RANDOM`` -> RandomPicker (``seed``);
-    ``LEAST_REQUEST`` (also ``LEAST_CONN``, Istio's deprecated alias, and ``UNSPECIFIED``, Istio's
-    default) -> LeastRequestPicker (``active``, ``choice_count``, ``seed``,
+    ``LEAST_REQUEST`` -> LeastRequestPicker (``active``, ``choice_count``, ``seed``,
     ``active_request_bias``); ``RING_HASH`` -> RingHashPicker (``minimum_ring_size``,
     ``maximum_ring_size``); ``MAGLEV`` -> MaglevPicker (``table_size``). ``names`` (one per
-    endpoint) is accepted for every policy and used by the two hashing ones.
+    endpoint) is accepted for every policy and used by the two hashing ones. Only these five
+    names: control normalises Istio's other spellings (``UNSPECIFIED`` and ``LEAST_CONN`` are
+    ``LEAST_REQUEST``), and ``PASSTHROUGH`` never reaches a picker.
 
     Raises:
-        ValueError: unknown policy name (``PASSTHROUGH`` is not a picker), or bad weights/options.
+        ValueError: any other policy name (the message names it), or bad weights/options.
         TypeError: an option the policy does not take.
     """

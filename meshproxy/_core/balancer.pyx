@@ -13,17 +13,19 @@ Istio's policies (DestinationRule ``loadBalancer``) map to Envoy's load balancer
 * RING_HASH     -> RingHashPicker       Envoy's ketama-style ring of xxHash64 points
 * MAGLEV        -> MaglevPicker         Envoy's Maglev table
 
-Ring and Maglev placement depend only on endpoint names and weights (never on list positions),
-and are bit-identical to the pure twin (meshproxy/_py/balancer.py): same xxHash64, same sizing
-arithmetic, same fill order.
+Everything a picker is built from (checks, weights, the alias table, the EDF start, the ring,
+the Maglev table, the policy table) comes from meshproxy/_lbtables.py, the pure-Python module the
+pure twin (meshproxy/_py/balancer.py) builds from too; this module copies it into C arrays and
+keeps the per-pick code, written independently of the twin's. Ring and Maglev placement depend
+only on endpoint names and weights (never on list positions), and both twins' xxHash64 agree, so
+their rings and tables are identical.
 """
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.math cimport ceil, pow
+from libc.math cimport pow
 from libc.stdint cimport int32_t, uint64_t
-from libc.stdio cimport snprintf
-from libc.stdlib cimport qsort
-from libc.string cimport memcpy
+
+from meshproxy import _lbtables
 
 
 cdef class RoundRobinPicker:
@@ -31,25 +33,17 @@ cdef class RoundRobinPicker:
 
     def __cinit__(self, weights):
         cdef Py_ssize_t i
-        cdef long long w
-        self._n = len(weights)
-        if self._n == 0:
-            raise ValueError("a picker needs at least one endpoint")
+        ws, total, uniform = _lbtables.round_robin_weights(weights)
+        self._n = len(ws)
         self._weight = <long long *>PyMem_Malloc(self._n * sizeof(long long))
         self._current = <long long *>PyMem_Malloc(self._n * sizeof(long long))
         if self._weight is NULL or self._current is NULL:
             raise MemoryError()
-        self._total = 0
-        self._uniform = True
         for i in range(self._n):
-            w = weights[i]
-            if w <= 0:
-                raise ValueError("endpoint weights must be positive")
-            self._weight[i] = w
+            self._weight[i] = ws[i]
             self._current[i] = 0
-            self._total += w
-            if w != self._weight[0]:
-                self._uniform = False
+        self._total = total
+        self._uniform = uniform
         self._next = 0
 
     def __dealloc__(self):
@@ -77,33 +71,9 @@ cdef class RoundRobinPicker:
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared machinery: validation, xxHash64, the PRNG and its fork handling.
+# Per-pick machinery: xxHash64 (the engine hashes a request's key per request), the PRNG and its
+# fork handling.
 # ---------------------------------------------------------------------------------------------
-
-cdef list _checked_weights(weights):
-    # Cold path (construction only): Python ints, so no overflow before the checks.
-    cdef list ws = [int(w) for w in weights]
-    if not ws:
-        raise ValueError("a picker needs at least one endpoint")
-    for w in ws:
-        if w <= 0:
-            raise ValueError("endpoint weights must be positive")
-    if len(ws) >= 2 ** 31:
-        raise ValueError("too many endpoints")
-    return ws
-
-
-cdef list _checked_names(names, Py_ssize_t n):
-    cdef list out
-    if names is None:
-        return [str(i) for i in range(n)]
-    out = [str(x) for x in names]
-    if len(out) != n:
-        raise ValueError(f"names has {len(out)} entries for {n} endpoints")
-    if len(set(out)) != n:
-        raise ValueError("endpoint names must be unique")
-    return out
-
 
 # xxHash64 constants (Yann Collet's XXH64, as Envoy's HashUtil::xxHash64 calls it).
 cdef uint64_t _P1 = 0x9E3779B185EBCA87ULL
@@ -263,32 +233,26 @@ cdef inline Py_ssize_t _below(uint64_t r, Py_ssize_t n) noexcept nogil:
 # RANDOM
 # ---------------------------------------------------------------------------------------------
 
+cdef inline Py_ssize_t _alias_pick(const uint64_t *prob, const int32_t *alias, Py_ssize_t n,
+                                   uint64_t r) noexcept nogil:
+    # low 32 bits choose the column, high 32 bits decide column vs alias
+    cdef Py_ssize_t col = <Py_ssize_t>(((r & 0xFFFFFFFFULL) * <uint64_t>n) >> 32)
+    if (r >> 32) < prob[col]:
+        return col
+    return alias[col]
+
+
 cdef class RandomPicker:
     """Weighted random through Vose's alias method: one PRNG draw and one table read per pick."""
 
     def __cinit__(self, weights, seed=None):
-        cdef list ws = _checked_weights(weights)
-        cdef Py_ssize_t n = len(ws), i
-        self._n = n
+        cdef Py_ssize_t n, i
+        prob, alias = _lbtables.alias_table(weights)
+        n = self._n = len(prob)
         self._prob = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
         self._alias = <int32_t *>PyMem_Malloc(n * sizeof(int32_t))
         if self._prob is NULL or self._alias is NULL:
             raise MemoryError()
-        # Integer Vose: each column holds `total` units; column s keeps scaled[s] of them and
-        # lends the rest to a large column. Exact, so shares are off by at most 2**-32.
-        total = sum(ws)
-        scaled = [w * n for w in ws]
-        prob = [1 << 32] * n
-        alias = list(range(n))
-        small = [i for i in range(n) if scaled[i] < total]
-        large = [i for i in range(n) if scaled[i] >= total]
-        while small and large:
-            s = small.pop()
-            l = large.pop()
-            prob[s] = (scaled[s] << 32) // total
-            alias[s] = l
-            scaled[l] -= total - scaled[s]
-            (small if scaled[l] < total else large).append(l)
         for i in range(n):
             self._prob[i] = prob[i]
             self._alias[i] = alias[i]
@@ -304,11 +268,15 @@ cdef class RandomPicker:
 
     cpdef Py_ssize_t pick(self):
         cdef uint64_t r = _rng_next(&self._rng)
-        # low 32 bits choose the column, high 32 bits decide column vs alias
-        cdef Py_ssize_t col = <Py_ssize_t>(((r & 0xFFFFFFFFULL) * <uint64_t>self._n) >> 32)
-        if (r >> 32) < self._prob[col]:
-            return col
-        return self._alias[col]
+        return _alias_pick(self._prob, self._alias, self._n, r)
+
+    def pick_draw(self, uint64_t r):
+        """The endpoint ``pick()`` returns when its generator yields the 64-bit draw ``r``."""
+        return _alias_pick(self._prob, self._alias, self._n, r)
+
+    def alias_table(self):
+        """``(prob, alias)`` as lists (tests, admin)."""
+        return [self._prob[i] for i in range(self._n)], [self._alias[i] for i in range(self._n)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,45 +292,29 @@ cdef class LeastRequestPicker:
     otherwise. Active counts live here (acquire/release), so a pick makes no Python call."""
 
     def __cinit__(self, weights, active=None, choice_count=2, seed=None, active_request_bias=1.0):
-        cdef list ws = _checked_weights(weights)
-        cdef Py_ssize_t n = len(ws), i, j, child
-        cdef _EdfEntry tmp
-        self._n = n
-        if choice_count < 2:
-            raise ValueError("choice_count must be at least 2 (Envoy's bound)")
-        if not active_request_bias >= 0.0:
-            raise ValueError("active_request_bias must be >= 0")
-        self._choice_count = min(choice_count, 1 << 30)
-        self._bias = active_request_bias
-        acts = [0] * n if active is None else [int(a) for a in active]
-        if len(acts) != n:
-            raise ValueError(f"active has {len(acts)} entries for {n} endpoints")
-        if any(a < 0 for a in acts):
-            raise ValueError("active request counts must be >= 0")
+        cdef Py_ssize_t n, i
+        start = _lbtables.least_request_start(weights, active, choice_count, active_request_bias)
+        ws, acts, heap = start["weights"], start["active"], start["heap"]
+        n = self._n = len(ws)
+        self._choice_count = start["choice_count"]
+        self._bias = start["bias"]
+        self._uniform = start["uniform"]
         self._weight = <double *>PyMem_Malloc(n * sizeof(double))
         self._active = <long long *>PyMem_Malloc(n * sizeof(long long))
         self._heap = <_EdfEntry *>PyMem_Malloc(n * sizeof(_EdfEntry))
         if self._weight is NULL or self._active is NULL or self._heap is NULL:
             raise MemoryError()
-        self._uniform = all(w == ws[0] for w in ws)
         for i in range(n):
             self._weight[i] = ws[i]
             self._active[i] = acts[i]
         _rng_init(&self._rng, seed)
-        # EDF start (Envoy's EdfScheduler::add at time 0): deadline 1/weight, ties by insertion.
-        self._edf_time = 0.0
-        self._edf_order = 0
+        # the EDF schedule at time 0 (a binary min-heap already), then insertion order goes on
         for i in range(n):
-            self._heap[i].deadline = 1.0 / self._effective(i)
-            self._heap[i].order = self._edf_order
-            self._heap[i].index = i
-            self._edf_order += 1
-            j = i
-            while j > 0 and _edf_before(&self._heap[j], &self._heap[(j - 1) >> 1]):
-                tmp = self._heap[j]
-                self._heap[j] = self._heap[(j - 1) >> 1]
-                self._heap[(j - 1) >> 1] = tmp
-                j = (j - 1) >> 1
+            self._heap[i].deadline = heap[i][0]
+            self._heap[i].order = heap[i][1]
+            self._heap[i].index = heap[i][2]
+        self._edf_time = 0.0
+        self._edf_order = n
 
     def __dealloc__(self):
         PyMem_Free(self._weight)
@@ -448,87 +400,24 @@ cdef class LeastRequestPicker:
 # RING_HASH
 # ---------------------------------------------------------------------------------------------
 
-ctypedef struct _RingEntry:
-    uint64_t hash
-    int32_t rank        # position of the owner in name order: ties break by name, not index
-    int32_t owner
-
-
-cdef int _ring_cmp(const void *a, const void *b) noexcept nogil:
-    cdef const _RingEntry *x = <const _RingEntry *>a
-    cdef const _RingEntry *y = <const _RingEntry *>b
-    if x.hash != y.hash:
-        return -1 if x.hash < y.hash else 1
-    return (x.rank > y.rank) - (x.rank < y.rank)
-
-
-cdef list _ring_counts(list ws, list order, Py_ssize_t minimum_ring_size, Py_ssize_t maximum_ring_size):
-    # Envoy's RingHashLoadBalancer::Ring sizing, in the same double arithmetic as the twin:
-    # scale so the lightest endpoint gets ceil(min_ring_size * its share) entries, capped at the
-    # maximum; running sums carry the rounding from endpoint to endpoint (here in name order).
-    cdef double total = sum(ws)
-    cdef double min_norm = min(ws) / total
-    cdef double scale = min(ceil(min_norm * minimum_ring_size) / min_norm, <double>maximum_ring_size)
-    cdef double current = 0.0, target = 0.0, step
-    cdef list counts = [0] * len(ws)
-    for i in order:
-        target += scale * (ws[i] / total)
-        if current < target:
-            step = ceil(target - current)
-            counts[i] = <Py_ssize_t>step
-            current += step
-    return counts
-
-
 cdef class RingHashPicker:
     """Envoy's ring hash: ``weight``-proportional points ``xxh64(f"{name}_{i}")`` on a sorted
     ring; a key goes to the first point at or after its hash (wrapping)."""
 
     def __cinit__(self, weights, names=None, minimum_ring_size=1024, maximum_ring_size=8388608):
-        cdef list ws = _checked_weights(weights)
-        cdef Py_ssize_t n = len(ws), i, k, m, pos, plen
-        cdef list nm = _checked_names(names, n)
-        cdef bytes key
-        cdef char buf[32]
-        cdef unsigned char *kb = NULL
-        cdef _RingEntry *entries
-        if not 1 <= minimum_ring_size <= maximum_ring_size <= 8388608:
-            raise ValueError("need 1 <= minimum_ring_size <= maximum_ring_size <= 8388608")
-        self._n = n
-        order = sorted(range(n), key=nm.__getitem__)
-        counts = _ring_counts(ws, order, minimum_ring_size, maximum_ring_size)
-        m = sum(counts)
-        self._ring_size = m
+        cdef Py_ssize_t pos, m
+        # hashed with this module's xxHash64 (C), so the ring is the pure twin's to the point
+        ring = _lbtables.ring_points(weights, names, minimum_ring_size, maximum_ring_size, hash_key)
+        hashes, owners = ring.hashes, ring.owners
+        self._n = ring.endpoints
+        m = self._ring_size = len(hashes)
         self._hashes = <uint64_t *>PyMem_Malloc(m * sizeof(uint64_t))
         self._owners = <int32_t *>PyMem_Malloc(m * sizeof(int32_t))
-        entries = <_RingEntry *>PyMem_Malloc(m * sizeof(_RingEntry))
-        if self._hashes is NULL or self._owners is NULL or entries is NULL:
-            PyMem_Free(entries)
+        if self._hashes is NULL or self._owners is NULL:
             raise MemoryError()
-        try:
-            pos = 0
-            for rank in range(n):
-                i = order[rank]
-                key = nm[i].encode("utf-8") + b"_"
-                plen = len(key)
-                kb = <unsigned char *>PyMem_Malloc(plen + 24)
-                if kb is NULL:
-                    raise MemoryError()
-                memcpy(kb, <const char *>key, plen)
-                for k in range(counts[i]):
-                    entries[pos].hash = xxh64(kb, plen + snprintf(<char *>kb + plen, 24, "%zd", k), 0)
-                    entries[pos].rank = rank
-                    entries[pos].owner = i
-                    pos += 1
-                PyMem_Free(kb)
-                kb = NULL
-            qsort(entries, m, sizeof(_RingEntry), _ring_cmp)
-            for pos in range(m):
-                self._hashes[pos] = entries[pos].hash
-                self._owners[pos] = entries[pos].owner
-        finally:
-            PyMem_Free(kb)
-            PyMem_Free(entries)
+        for pos in range(m):
+            self._hashes[pos] = hashes[pos]
+            self._owners[pos] = owners[pos]
 
     def __dealloc__(self):
         PyMem_Free(self._hashes)
@@ -543,6 +432,10 @@ cdef class RingHashPicker:
         return self._ring_size
 
     hash_key = staticmethod(hash_key)
+
+    def ring(self):
+        """The ring as ``(hash, endpoint index)`` pairs in ring order (tests, admin)."""
+        return [(self._hashes[j], self._owners[j]) for j in range(self._ring_size)]
 
     cpdef Py_ssize_t pick(self, uint64_t key_hash):
         # lower bound: first ring entry whose hash >= key_hash, wrapping past the end to entry 0
@@ -562,100 +455,22 @@ cdef class RingHashPicker:
 # MAGLEV
 # ---------------------------------------------------------------------------------------------
 
-cdef bint _is_prime(uint64_t m):
-    cdef uint64_t d
-    if m < 2:
-        return False
-    if m % 2 == 0:
-        return m == 2
-    d = 3
-    while d * d <= m:
-        if m % d == 0:
-            return False
-        d += 2
-    return True
-
-
 cdef class MaglevPicker:
     """Maglev (Eisenbud et al., NSDI 2016) as Envoy builds it: per-endpoint permutations
     ``offset = xxh64(name) % M``, ``skip = xxh64(name, seed=1) % (M - 1) + 1``, filled in name
     order, an endpoint of weight w taking a turn on w/max_weight of the rounds."""
 
     def __cinit__(self, weights, names=None, table_size=65537):
-        cdef list ws = _checked_weights(weights)
-        cdef Py_ssize_t n = len(ws), i, rank
-        cdef list nm = _checked_names(names, n)
-        cdef uint64_t M, filled, iteration, pos, max_w, j
-        cdef bytes key
-        cdef uint64_t *off = NULL
-        cdef uint64_t *skip = NULL
-        cdef uint64_t *w = NULL
-        cdef uint64_t *target = NULL
-        cdef int32_t *who = NULL
-        if not isinstance(table_size, int) or table_size < 2 or table_size >= 2 ** 32 or not _is_prime(table_size):
-            raise ValueError("maglev table_size must be a prime number (Envoy's default: 65537)")
-        if table_size < n:
-            raise ValueError("maglev table_size must be at least the number of endpoints")
-        if max(ws) >= 2 ** 31:
-            raise ValueError("maglev weights must be below 2**31")
-        M = table_size
-        self._n = n
-        self._table_size = M
-        self._table = <int32_t *>PyMem_Malloc(M * sizeof(int32_t))
+        cdef Py_ssize_t j
+        maglev = _lbtables.maglev_table(weights, names, table_size, hash_key)
+        table = maglev.table
+        self._n = maglev.endpoints
+        self._table_size = len(table)
+        self._table = <int32_t *>PyMem_Malloc(self._table_size * sizeof(int32_t))
         if self._table is NULL:
             raise MemoryError()
-        order = sorted(range(n), key=nm.__getitem__)
-        try:
-            off = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
-            skip = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
-            w = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
-            target = <uint64_t *>PyMem_Malloc(n * sizeof(uint64_t))
-            who = <int32_t *>PyMem_Malloc(n * sizeof(int32_t))
-            if off is NULL or skip is NULL or w is NULL or target is NULL or who is NULL:
-                raise MemoryError()
-            max_w = 0
-            for rank in range(n):
-                i = order[rank]
-                key = nm[i].encode("utf-8")
-                # `off` doubles as the permutation's current position (offset + skip * next) % M
-                off[rank] = xxh64(<const unsigned char *><const char *>key, len(key), 0) % M
-                skip[rank] = xxh64(<const unsigned char *><const char *>key, len(key), 1) % (M - 1) + 1
-                w[rank] = ws[i]
-                target[rank] = 0
-                who[rank] = i
-                if w[rank] > max_w:
-                    max_w = w[rank]
-            for j in range(M):
-                self._table[j] = -1
-            # Envoy's weighted fill with integer weights: `iteration * w/total < target/total`
-            # scaled by the total weight (exact, so both twins agree to the entry).
-            filled = 0
-            iteration = 1
-            while filled < M:
-                for rank in range(n):
-                    if filled >= M:
-                        break
-                    if iteration * w[rank] < target[rank]:
-                        continue
-                    target[rank] += max_w
-                    pos = off[rank]
-                    while self._table[pos] != -1:
-                        pos += skip[rank]
-                        if pos >= M:
-                            pos -= M
-                    self._table[pos] = who[rank]
-                    pos += skip[rank]
-                    if pos >= M:
-                        pos -= M
-                    off[rank] = pos
-                    filled += 1
-                iteration += 1
-        finally:
-            PyMem_Free(off)
-            PyMem_Free(skip)
-            PyMem_Free(w)
-            PyMem_Free(target)
-            PyMem_Free(who)
+        for j in range(<Py_ssize_t>self._table_size):
+            self._table[j] = table[j]
 
     def __dealloc__(self):
         PyMem_Free(self._table)
@@ -679,35 +494,11 @@ cdef class MaglevPicker:
 
 
 # ---------------------------------------------------------------------------------------------
-# Istio's policy names
+# Policy names (the table is meshproxy/_lbtables.py's)
 # ---------------------------------------------------------------------------------------------
 
-_POLICIES = {
-    "ROUND_ROBIN": (RoundRobinPicker, ()),
-    "RANDOM": (RandomPicker, ("seed",)),
-    "LEAST_REQUEST": (LeastRequestPicker, ("active", "choice_count", "seed", "active_request_bias")),
-    "LEAST_CONN": (LeastRequestPicker, ("active", "choice_count", "seed", "active_request_bias")),
-    "UNSPECIFIED": (LeastRequestPicker, ("active", "choice_count", "seed", "active_request_bias")),
-    "RING_HASH": (RingHashPicker, ("names", "minimum_ring_size", "maximum_ring_size")),
-    "MAGLEV": (MaglevPicker, ("names", "table_size")),
-}
-
-
-def make_picker(policy, weights, **options):
-    """The picker for an Istio load-balancing policy name (see balancer.pyi)."""
-    try:
-        cls, accepted = _POLICIES[policy]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown load-balancing policy {policy!r}") from None
-    names = options.pop("names", None)
-    unknown = set(options) - set(accepted)
-    if unknown:
-        raise TypeError(f"{policy} does not take {', '.join(sorted(unknown))}")
-    if "names" in accepted:
-        options["names"] = names
-    elif names is not None and len(names) != len(weights):
-        raise ValueError(f"names has {len(names)} entries for {len(weights)} endpoints")
-    return cls(weights, **options)
+make_picker = _lbtables.picker_factory(
+    RoundRobinPicker, RandomPicker, LeastRequestPicker, RingHashPicker, MaglevPicker)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,16 +1,18 @@
 """Load-balancer pickers, pure Python twin of meshproxy/_core/balancer.pyx (contract: balancer.pyi).
 
-Ring hash and Maglev build the same rings and tables as the compiled twin, entry for entry (same
-xxHash64, sizing arithmetic and fill order); RANDOM and LEAST_REQUEST draw from random.Random, so
-with a seed the twins agree on distributions, not on sequences.
+Pickers are built from meshproxy/_lbtables.py, the construction code both twins share (checks,
+weights, alias table, EDF start, ring, Maglev table, policy table); the per-pick code here and
+xxHash64 are this twin's own. So ring hash, Maglev and the alias table are the compiled twin's
+entry for entry; RANDOM and LEAST_REQUEST draw from random.Random, so with a seed the twins agree
+on distributions, not on sequences.
 """
 import bisect
 import heapq
-import itertools
-import math
 import os
 import random
 import weakref
+
+from meshproxy import _lbtables
 
 
 class RoundRobinPicker:
@@ -19,20 +21,12 @@ class RoundRobinPicker:
     __slots__ = ("_n", "_weight", "_current", "_total", "_next", "_uniform")
 
     def __init__(self, weights):
-        self._n = len(weights)
-        if self._n == 0:
-            raise ValueError("a picker needs at least one endpoint")
-        self._weight = [int(w) for w in weights]
-        if any(w <= 0 for w in self._weight):
-            raise ValueError("endpoint weights must be positive")
+        self._weight, self._total, self._uniform = _lbtables.round_robin_weights(weights)
+        self._n = len(self._weight)
         self._current = [0] * self._n
-        self._total = sum(self._weight)
-        self._uniform = all(w == self._weight[0] for w in self._weight)
         self._next = 0
 
-    @property
-    def size(self):
-        return self._n
+    size = property(lambda self: self._n)
 
     def pick(self):
         if self._uniform:
@@ -51,32 +45,10 @@ class RoundRobinPicker:
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared machinery: validation, xxHash64, fork handling.
+# Per-pick machinery: xxHash64 (the engine hashes a request's key per request), fork handling.
 # ---------------------------------------------------------------------------------------------
 
 _M64 = 0xFFFFFFFFFFFFFFFF
-
-
-def _checked_weights(weights):
-    ws = [int(w) for w in weights]
-    if not ws:
-        raise ValueError("a picker needs at least one endpoint")
-    if any(w <= 0 for w in ws):
-        raise ValueError("endpoint weights must be positive")
-    if len(ws) >= 2 ** 31:
-        raise ValueError("too many endpoints")
-    return ws
-
-
-def _checked_names(names, n):
-    if names is None:
-        return [str(i) for i in range(n)]
-    out = [str(x) for x in names]
-    if len(out) != n:
-        raise ValueError(f"names has {len(out)} entries for {n} endpoints")
-    if len(set(out)) != n:
-        raise ValueError("endpoint names must be unique")
-    return out
 
 
 # xxHash64 (Yann Collet's XXH64, as Envoy's HashUtil::xxHash64 calls it), on Python ints.
@@ -173,26 +145,32 @@ def _rng(seed):
 # ---------------------------------------------------------------------------------------------
 
 class RandomPicker:
-    """Weighted random: integer cumulative weights and a binary search (bisect)."""
+    """Weighted random through Vose's alias table: 64 bits from random.Random per pick."""
 
-    __slots__ = ("_n", "_cum", "_total", "_rng", "_uniform")
+    __slots__ = ("_n", "_prob", "_alias", "_bits")
 
     def __init__(self, weights, seed=None):
-        ws = _checked_weights(weights)
-        self._n = len(ws)
-        self._cum = list(itertools.accumulate(ws))
-        self._total = self._cum[-1]
-        self._uniform = all(w == ws[0] for w in ws)
-        self._rng = _rng(seed)
+        self._prob, self._alias = _lbtables.alias_table(weights)
+        self._n = len(self._prob)
+        self._bits = _rng(seed).getrandbits
 
-    @property
-    def size(self):
-        return self._n
+    size = property(lambda self: self._n)
 
     def pick(self):
-        if self._uniform:
-            return self._rng.randrange(self._n)
-        return bisect.bisect_right(self._cum, self._rng.randrange(self._total))
+        # getrandbits(64) is two 32-bit outputs, low word first: drawing them one by one takes
+        # the same column (low) and coin (high) as pick_draw(getrandbits(64)), on small ints
+        bits = self._bits
+        col = (bits(32) * self._n) >> 32
+        return col if bits(32) < self._prob[col] else self._alias[col]
+
+    def pick_draw(self, r):
+        """The endpoint ``pick()`` returns when its generator yields the 64-bit draw ``r``."""
+        col = ((r & 0xFFFFFFFF) * self._n) >> 32
+        return col if r >> 32 < self._prob[col] else self._alias[col]
+
+    def alias_table(self):
+        """``(prob, alias)`` as lists (tests, admin)."""
+        return list(self._prob), list(self._alias)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,35 +185,21 @@ class LeastRequestPicker:
                  "_heap", "_edf_order")
 
     def __init__(self, weights, active=None, choice_count=2, seed=None, active_request_bias=1.0):
-        ws = _checked_weights(weights)
-        n = self._n = len(ws)
-        if choice_count < 2:
-            raise ValueError("choice_count must be at least 2 (Envoy's bound)")
-        if not active_request_bias >= 0.0:
-            raise ValueError("active_request_bias must be >= 0")
-        self._choice_count = min(int(choice_count), 1 << 30)
-        self._bias = float(active_request_bias)
-        acts = [0] * n if active is None else [int(a) for a in active]
-        if len(acts) != n:
-            raise ValueError(f"active has {len(acts)} entries for {n} endpoints")
-        if any(a < 0 for a in acts):
-            raise ValueError("active request counts must be >= 0")
-        self._weight = [float(w) for w in ws]
-        self._active = acts
-        self._uniform = all(w == ws[0] for w in ws)
+        start = _lbtables.least_request_start(weights, active, choice_count, active_request_bias)
+        self._weight = start["weights"]
+        self._active = start["active"]
+        self._n = len(self._weight)
+        self._choice_count = start["choice_count"]
+        self._bias = start["bias"]
+        self._uniform = start["uniform"]
         self._rng = _rng(seed)
-        # EDF start (Envoy's EdfScheduler::add at time 0): deadline 1/weight, ties by insertion.
-        self._heap = [(1.0 / self._effective(i), i, i) for i in range(n)]
-        heapq.heapify(self._heap)
-        self._edf_order = n
+        # EDF (unequal weights): heapq of (deadline, insertion order, index), from time 0
+        self._heap = start["heap"]
+        self._edf_order = self._n
 
-    @property
-    def size(self):
-        return self._n
+    size = property(lambda self: self._n)
 
-    @property
-    def choice_count(self):
-        return self._choice_count
+    choice_count = property(lambda self: self._choice_count)
 
     def _effective(self, i):
         # Envoy's hostWeight: weight / (active + 1) ** active_request_bias
@@ -295,24 +259,6 @@ class LeastRequestPicker:
 # RING_HASH
 # ---------------------------------------------------------------------------------------------
 
-def _ring_counts(ws, order, minimum_ring_size, maximum_ring_size):
-    # Envoy's RingHashLoadBalancer::Ring sizing, in the same double arithmetic as the compiled
-    # twin: the lightest endpoint gets ceil(min_ring_size * its share) entries, capped at the
-    # maximum; running sums carry the rounding from endpoint to endpoint (here in name order).
-    total = float(sum(ws))
-    min_norm = min(ws) / total
-    scale = min(math.ceil(min_norm * minimum_ring_size) / min_norm, float(maximum_ring_size))
-    current = target = 0.0
-    counts = [0] * len(ws)
-    for i in order:
-        target += scale * (ws[i] / total)
-        if current < target:
-            step = float(math.ceil(target - current))
-            counts[i] = int(step)
-            current += step
-    return counts
-
-
 class RingHashPicker:
     """Envoy's ring hash: weight-proportional points ``xxh64(f"{name}_{i}")`` on a sorted ring; a
     key goes to the first point at or after its hash (wrapping)."""
@@ -322,29 +268,18 @@ class RingHashPicker:
     hash_key = staticmethod(hash_key)
 
     def __init__(self, weights, names=None, minimum_ring_size=1024, maximum_ring_size=8388608):
-        ws = _checked_weights(weights)
-        n = self._n = len(ws)
-        nm = _checked_names(names, n)
-        if not 1 <= minimum_ring_size <= maximum_ring_size <= 8388608:
-            raise ValueError("need 1 <= minimum_ring_size <= maximum_ring_size <= 8388608")
-        order = sorted(range(n), key=nm.__getitem__)
-        counts = _ring_counts(ws, order, minimum_ring_size, maximum_ring_size)
-        entries = []
-        for rank, i in enumerate(order):
-            prefix = nm[i].encode("utf-8") + b"_"
-            entries.extend((hash_key(prefix + str(k).encode()), rank, i) for k in range(counts[i]))
-        entries.sort()
-        self._hashes = [e[0] for e in entries]
-        self._owners = [e[2] for e in entries]
-        self._ring_size = len(entries)
+        # hashed with this module's xxHash64, so the ring is the compiled twin's to the point
+        self._n, self._hashes, self._owners = _lbtables.ring_points(
+            weights, names, minimum_ring_size, maximum_ring_size, hash_key)
+        self._ring_size = len(self._hashes)
 
-    @property
-    def size(self):
-        return self._n
+    size = property(lambda self: self._n)
 
-    @property
-    def ring_size(self):
-        return self._ring_size
+    ring_size = property(lambda self: self._ring_size)
+
+    def ring(self):
+        """The ring as ``(hash, endpoint index)`` pairs in ring order (tests, admin)."""
+        return list(zip(self._hashes, self._owners))
 
     def pick(self, key_hash):
         j = bisect.bisect_left(self._hashes, key_hash)
@@ -354,19 +289,6 @@ class RingHashPicker:
 # ---------------------------------------------------------------------------------------------
 # MAGLEV
 # ---------------------------------------------------------------------------------------------
-
-def _is_prime(m):
-    if m < 2:
-        return False
-    if m % 2 == 0:
-        return m == 2
-    d = 3
-    while d * d <= m:
-        if m % d == 0:
-            return False
-        d += 2
-    return True
-
 
 class MaglevPicker:
     """Maglev (Eisenbud et al., NSDI 2016) as Envoy builds it: per-endpoint permutations
@@ -378,57 +300,12 @@ class MaglevPicker:
     hash_key = staticmethod(hash_key)
 
     def __init__(self, weights, names=None, table_size=65537):
-        ws = _checked_weights(weights)
-        n = self._n = len(ws)
-        nm = _checked_names(names, n)
-        if not isinstance(table_size, int) or not 2 <= table_size < 2 ** 32 or not _is_prime(table_size):
-            raise ValueError("maglev table_size must be a prime number (Envoy's default: 65537)")
-        if table_size < n:
-            raise ValueError("maglev table_size must be at least the number of endpoints")
-        if max(ws) >= 2 ** 31:
-            raise ValueError("maglev weights must be below 2**31")
-        M = self._table_size = table_size
-        order = sorted(range(n), key=nm.__getitem__)
-        keys = [nm[i].encode("utf-8") for i in order]
-        pos = [hash_key(k) % M for k in keys]          # (offset + skip * next) % M, advanced
-        skip = [hash_key(k, 1) % (M - 1) + 1 for k in keys]
-        w = [ws[i] for i in order]
-        target = [0] * n
-        max_w = max(ws)
-        table = [-1] * M
-        # Envoy's weighted fill with integer weights: `iteration * w/total < target/total` scaled
-        # by the total weight (exact, so both twins agree to the entry).
-        filled = 0
-        iteration = 1
-        while filled < M:
-            for rank in range(n):
-                if filled >= M:
-                    break
-                if iteration * w[rank] < target[rank]:
-                    continue
-                target[rank] += max_w
-                p = pos[rank]
-                s = skip[rank]
-                while table[p] != -1:
-                    p += s
-                    if p >= M:
-                        p -= M
-                table[p] = order[rank]
-                p += s
-                if p >= M:
-                    p -= M
-                pos[rank] = p
-                filled += 1
-            iteration += 1
-        self._table = table
+        self._n, self._table = _lbtables.maglev_table(weights, names, table_size, hash_key)
+        self._table_size = len(self._table)
 
-    @property
-    def size(self):
-        return self._n
+    size = property(lambda self: self._n)
 
-    @property
-    def table_size(self):
-        return self._table_size
+    table_size = property(lambda self: self._table_size)
 
     def table(self):
         """The lookup table as a list of endpoint indices (for tests and the admin page)."""
@@ -439,36 +316,11 @@ class MaglevPicker:
 
 
 # ---------------------------------------------------------------------------------------------
-# Istio's policy names
+# Policy names (the table is meshproxy/_lbtables.py's)
 # ---------------------------------------------------------------------------------------------
 
-_LR_OPTIONS = ("active", "choice_count", "seed", "active_request_bias")
-_POLICIES = {
-    "ROUND_ROBIN": (RoundRobinPicker, ()),
-    "RANDOM": (RandomPicker, ("seed",)),
-    "LEAST_REQUEST": (LeastRequestPicker, _LR_OPTIONS),
-    "LEAST_CONN": (LeastRequestPicker, _LR_OPTIONS),
-    "UNSPECIFIED": (LeastRequestPicker, _LR_OPTIONS),
-    "RING_HASH": (RingHashPicker, ("names", "minimum_ring_size", "maximum_ring_size")),
-    "MAGLEV": (MaglevPicker, ("names", "table_size")),
-}
-
-
-def make_picker(policy, weights, **options):
-    """The picker for an Istio load-balancing policy name (see balancer.pyi)."""
-    try:
-        cls, accepted = _POLICIES[policy]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown load-balancing policy {policy!r}") from None
-    names = options.pop("names", None)
-    unknown = set(options) - set(accepted)
-    if unknown:
-        raise TypeError(f"{policy} does not take {', '.join(sorted(unknown))}")
-    if "names" in accepted:
-        options["names"] = names
-    elif names is not None and len(names) != len(weights):
-        raise ValueError(f"names has {len(names)} entries for {len(weights)} endpoints")
-    return cls(weights, **options)
+make_picker = _lbtables.picker_factory(
+    RoundRobinPicker, RandomPicker, LeastRequestPicker, RingHashPicker, MaglevPicker)
 
 
 # Benchmark helper (bench/test_balancer_micro.py), twin of the compiled one. Not part of the API.
