@@ -17,9 +17,9 @@ loaded extension (``__file__`` a ``.so``, defined classes extension types, no Py
 its functions or methods), when only some modules are built, or when a ``py`` module is not a
 plain Python source module.
 
-To add a module (``router``, ``engine``): append its name to ``HOT_PATH``. It must exist as
-meshproxy/_py/NAME.py and as a compiled meshproxy/_core/NAME; ``impl.NAME`` and a fixture ``NAME``
-follow.
+To add a module: append its name to ``HOT_PATH``. It must import as meshproxy._py.NAME (a twin in
+meshproxy/_py/ or a single-source module listed in meshproxy/_py/__init__.py) and as a compiled
+meshproxy._core.NAME; ``impl.NAME`` and a fixture ``NAME`` follow.
 
 tests/integration/conftest.py has an ``impl`` of its own (the same ids, naming the build a
 ``meshproxy run`` process uses); it takes precedence inside tests/integration. bench/conftest.py
@@ -35,8 +35,10 @@ import pytest
 
 from meshproxy._env import NO_EXTENSIONS
 
-#: The hot-path modules, each written twice: meshproxy/_py/NAME.py and compiled meshproxy/_core/NAME.
-HOT_PATH = ("http1", "balancer", "counters")
+#: The hot-path modules: each is meshproxy._py.NAME (Python source: an independent twin in
+#: meshproxy/_py/, or the single-source module meshproxy/_core/NAME.py uncompiled) and compiled
+#: meshproxy._core.NAME.
+HOT_PATH = ("http1", "balancer", "counters", "router", "cluster", "stream", "http1conn")
 
 #: Build ids, in the order tests run them.
 BUILDS = ("py", "c")
@@ -158,8 +160,12 @@ def _load(name):
         if missing:
             pytest.fail(f"partial build: meshproxy/_core has no compiled {', '.join(missing)} "
                         f"(the others are built): run `make build`")
-    modules = {m: importlib.import_module(f"{_PACKAGES[name]}.{m}") for m in HOT_PATH}
-    check_build(name, modules)
+    modules = {}
+    for m in HOT_PATH:
+        # Checked one by one, in dependency order: a wrong module fails with its own message
+        # before a compiled module that cimports it fails to load against it.
+        modules[m] = importlib.import_module(f"{_PACKAGES[name]}.{m}")
+        check_build(name, {m: modules[m]})
     return "ok", Build(name, modules)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from meshproxy._env import NO_EXTENSIONS
+from meshproxy._py import SINGLE_SOURCE
 from meshproxy._py import balancer as py_balancer
 from tests import conftest as builds  # the helpers; pytest loads the same file for the fixtures
 
@@ -31,7 +32,9 @@ def test_impl_holds_every_hot_path_module_of_its_build(impl):
             assert module.__file__.endswith(EXTENSION_SUFFIXES), module.__file__
             assert all(not cls.__flags__ & HEAPTYPE for cls in own), own  # cdef classes
         else:
-            assert module.__file__.endswith(f"_py/{name}.py"), module.__file__
+            # an independent twin in _py/, or a single-source module's _core/ source uncompiled
+            where = "_core" if name in SINGLE_SOURCE else "_py"
+            assert module.__file__.endswith(f"{where}/{name}.py"), module.__file__
             assert all(cls.__flags__ & HEAPTYPE for cls in own), own
 
 

@@ -6,8 +6,6 @@ counts and health are tested.
 (Ported from the old ``conn.Cluster`` tests: least-request accounting across a connect-failure
 retry, passive ejection and revival, panic mode, the single-endpoint fast path.)
 """
-import importlib
-import os
 import time
 from collections import Counter
 
@@ -20,32 +18,10 @@ from meshproxy import cluster_manager
 # H_* are C constants in the compiled build (not importable from it): the values are the same.
 from meshproxy._py.cluster import H_ACTIVE_HC, H_OUTLIER
 
-MODULES = ("stream", "http1conn", "cluster", "router", "counters", "http1", "balancer")
-
-
-class Build:
-    """The hot-path modules of one build, as attributes (``b.cluster``, ``b.balancer`` ...)."""
-
-    def __init__(self, name, mods):
-        self.name = name
-        self.__dict__.update(mods)
-
-
-@pytest.fixture(params=["py", "c"])
-def b(request):
-    """The modules of one build: ``py`` (meshproxy._py, Python source) or ``c`` (meshproxy._core,
-    compiled); ``c`` is skipped only when MESHPROXY_NO_EXTENSIONS is set."""
-    if request.param == "c" and os.environ.get("MESHPROXY_NO_EXTENSIONS"):
-        pytest.skip("MESHPROXY_NO_EXTENSIONS is set: compiled build not tested")
-    pkg = "meshproxy._core" if request.param == "c" else "meshproxy._py"
-    mods = {m: importlib.import_module(f"{pkg}.{m}") for m in MODULES}
-    for m, mod in mods.items():
-        f = mod.__file__
-        if request.param == "c":
-            assert f.endswith(".so"), f"{pkg}.{m} is not compiled: {f}"
-        else:
-            assert f.endswith(".py"), f"{pkg}.{m} is not Python source: {f}"
-    return Build(request.param, mods)
+@pytest.fixture
+def b(impl):
+    """The modules of one build (tests/conftest.py's ``impl``: ``py`` or ``c``, checked)."""
+    return impl
 
 
 class Pools:

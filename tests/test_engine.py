@@ -12,8 +12,6 @@ deterministic: no real I/O, no real timers.
 """
 import asyncio
 import dataclasses
-import importlib
-import os
 import re
 import textwrap
 import time
@@ -34,32 +32,10 @@ from meshproxy.filters import CONTINUE, STOP, FilterFactory, HttpFilter, build_c
 
 # -- both builds -----------------------------------------------------------------------------------
 
-MODULES = ("stream", "http1conn", "cluster", "router", "counters", "http1", "balancer")
-
-
-class Build:
-    """The hot-path modules of one build, as attributes (``b.stream``, ``b.cluster`` ...)."""
-
-    def __init__(self, name, mods):
-        self.name = name
-        self.__dict__.update(mods)
-
-
-@pytest.fixture(params=["py", "c"])
-def b(request):
-    """The modules of one build: ``py`` (meshproxy._py, Python source) or ``c`` (meshproxy._core,
-    compiled); ``c`` is skipped only when MESHPROXY_NO_EXTENSIONS is set."""
-    if request.param == "c" and os.environ.get("MESHPROXY_NO_EXTENSIONS"):
-        pytest.skip("MESHPROXY_NO_EXTENSIONS is set: compiled build not tested")
-    pkg = "meshproxy._core" if request.param == "c" else "meshproxy._py"
-    mods = {m: importlib.import_module(f"{pkg}.{m}") for m in MODULES}
-    for m, mod in mods.items():
-        f = mod.__file__
-        if request.param == "c":
-            assert f.endswith(".so"), f"{pkg}.{m} is not compiled: {f}"
-        else:
-            assert f.endswith(".py"), f"{pkg}.{m} is not Python source: {f}"
-    return Build(request.param, mods)
+@pytest.fixture
+def b(impl):
+    """The modules of one build (tests/conftest.py's ``impl``: ``py`` or ``c``, checked)."""
+    return impl
 
 
 # -- fakes -----------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 ``meshproxy._core.router``), built from ``control.snapshot`` objects and requests parsed by the
 data plane's own ``RequestParser``.
 """
-import importlib
 
 import pytest
 
@@ -10,20 +9,10 @@ from control.snapshot import (Destination, DirectResponse, Fault, HeaderMatch, H
                               QueryMatch, Redirect, Rewrite, Route, RouteMatch, StringMatch)
 
 
-@pytest.fixture(params=["py", "c"])
-def twin(request):
-    """(router module, http1 module) of one build."""
-    pkg = "meshproxy._py" if request.param == "py" else "meshproxy._core"
-    try:
-        r = importlib.import_module(pkg + ".router")
-        h = importlib.import_module(pkg + ".http1")
-    except ImportError as e:  # pragma: no cover
-        pytest.skip(f"compiled core not built: {e}")
-    if request.param == "c":
-        assert r.__file__.endswith(".so"), r.__file__
-    else:
-        assert r.__file__.endswith("router.py"), r.__file__
-    return r, h
+@pytest.fixture
+def twin(impl):
+    """(router module, http1 module) of one build (tests/conftest.py's ``impl``)."""
+    return impl.router, impl.http1
 
 
 def view(twin, method="GET", target="/", host="svc.example.com", headers=(), port=80):

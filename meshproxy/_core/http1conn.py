@@ -23,7 +23,7 @@ so in-flight requests finish on the snapshot they started with.
 # Relative imports: compiled, these are the compiled siblings; as meshproxy._py.http1conn, the twins.
 from .http1 import ChunkedFramer, RequestParser
 from .router import RequestView
-from .stream import Codec, ListenerContext, Stream, local_reply  # noqa: F401 (re-exported)
+from .stream import Codec, ListenerContext, Stream, local_reply  # noqa: F401 (typed in the .pxd)
 
 from meshproxy.errors import ProtocolError
 
