@@ -30,6 +30,9 @@ def build_request(method: str, url: str, headers: list[str]) -> bytes:
     path = u.path or "/"
     if u.query:
         path += "?" + u.query
+    if method.upper() == "CONNECT":
+        # CONNECT's target is the authority (RFC 9110 9.3.6), not a path.
+        path = host if u.port else f"{host}:{443 if u.scheme == 'https' else 80}"
     lines = [f"{method.upper()} {path} HTTP/1.1", f"Host: {host}"]
     for h in headers:
         name, sep, value = h.partition(":")

@@ -357,3 +357,47 @@ def test_inbound_needs_workload():
     snap = build_snapshot(str(BOOKINFO).replace("bookinfo", "mesh"))
     with pytest.raises(ExplainError):
         explain(snap, "GET", "http://echo/", [], inbound=True)
+
+
+# -- every outcome of the route decision, explain next to the engine's decide ----------------------
+
+OUTCOMES = [
+    # (method, url, headers, explain's status, the decision's action and status)
+    ("GET", "http://web/api/x", [], None, "route", 0),
+    ("GET", "http://web/down", [], 503, "local", 503),  # direct response
+    ("GET", "http://web/old-site/a", [], 302, "local", 302),  # redirect
+    ("GET", "http://strict/elsewhere", [], 404, "local", 404),  # no route matched: NR
+    ("GET", "http://nowhere.example/", [], 404, "local", 404),  # no virtual host: NR
+    ("GET", "http://plain/", [], None, "route", 0),  # no VirtualService: the default route
+    ("CONNECT", "http://plain/", [], 405, "local", 405),  # CONNECT on the default route
+    # CONNECT's target is an authority, not a path: it matches no uri route here
+    ("CONNECT", "http://web/api/x", [], 404, "local", 404),
+]
+
+
+@pytest.mark.parametrize("method,url,headers,status,action,dstatus", OUTCOMES,
+                         ids=["route", "direct", "redirect", "nr-route", "nr-host", "default",
+                              "connect-default", "connect-vs"])
+def test_explain_and_the_engine_decide_alike(full, impl, method, url, headers, status, action,
+                                             dstatus):
+    from meshproxy.explain import build_request
+    snap = build_snapshot(str(full))
+    _, s = explain(snap, method, url, headers)
+    assert s.get("status") == status, s
+    # The engine's own decision for the same request, on both builds.
+    router, http1 = impl.router, impl.http1
+    lst = snap.listener("outbound")
+    rc = router.build_route_context(lst, {c.name: c.name for c in snap.clusters})
+    p = http1.RequestParser()
+    p.parse(build_request(method, url, headers))
+    d = router.decide(rc, router.RequestView(p, b"http", lst.port))
+    assert (("route" if d.action == router.A_ROUTE else "local"), d.status) == (action, dstatus)
+    if action == "local" and status == 404:
+        assert d.flags == "NR"
+
+
+def test_connect_on_a_matching_virtualservice_route_is_405(bookinfo):
+    # reviews' second route matches every request: CONNECT is then refused, not proxied
+    lines, s = explain(bookinfo, "CONNECT", f"http://{REVIEWS}:9080/", [])
+    assert s["status"] == 405 and s["route"] == "default/reviews http[1]", s
+    assert "result    CONNECT is not proxied: 405" in lines
