@@ -34,7 +34,8 @@ from control.config.validate import inbound_port_annotation, selected_workloads
 from control.errors import ConfigError, ConfigIssue
 from control.locality import prioritise
 from control.policy import traffic_policy
-from control.snapshot import (Bootstrap, Cluster, Destination, DirectResponse, Endpoint, Fault, HeaderMatch,
+from control.snapshot import (DEFAULT_RETRY_ON, Bootstrap, Cluster, Destination, DirectResponse, Endpoint, Fault,
+                              HeaderMatch, RetryPolicy,
                               HeaderOps, Limits, Listener, Mirror, QueryMatch, Redirect, Rewrite, Route, RouteMatch,
                               Snapshot, StringMatch, VirtualHost, Workload, content_version)
 
@@ -322,7 +323,28 @@ class _Outbound:
             redirect=_redirect(http.get("redirect")), direct_response=_direct_response(http.get("directResponse")),
             rewrite=_rewrite(http.get("rewrite")), request_headers=_header_ops(headers.get("request")),
             response_headers=_header_ops(headers.get("response")), fault=_fault(http.get("fault")),
-            mirrors=tuple(mirrors), virtual_service=vs.key, index=index)
+            mirrors=tuple(mirrors), virtual_service=vs.key, index=index,
+            timeout=http.get("timeout", 0.0), retries=_retry_policy(http.get("retries")))
+
+
+def _retry_policy(r: Optional[dict]) -> RetryPolicy:
+    """Istio's HTTPRetry; without one, Istio's default policy (2 attempts)."""
+    if r is None:
+        return RetryPolicy()
+    conditions, codes = [], []
+    for part in (r.get("retryOn") or ",".join(DEFAULT_RETRY_ON)).split(","):
+        part = part.strip()
+        if part.isdigit():
+            codes.append(int(part))
+        elif part and part not in conditions:
+            conditions.append(part)
+    if codes and "retriable-status-codes" not in conditions:
+        conditions.append("retriable-status-codes")
+    return RetryPolicy(attempts=r.get("attempts", 2), per_try_timeout=r.get("perTryTimeout", 0.0),
+                       retry_on=tuple(conditions), status_codes=tuple(codes),
+                       retry_remote_localities=r.get("retryRemoteLocalities", False),
+                       ignore_previous_hosts=r.get("retryIgnorePreviousHosts", True),
+                       backoff=r.get("backoff", 0.025), configured=True)
 
 
 def _string_match(m: Optional[dict]) -> Optional[StringMatch]:

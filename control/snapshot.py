@@ -220,6 +220,30 @@ class Mirror:
     percent: float = 100.0
 
 
+#: Istio's retry conditions when a route says nothing (Istio >= 1.24: 503 is not retried).
+DEFAULT_RETRY_ON = ("connect-failure", "refused-stream", "unavailable", "cancelled",
+                    "retriable-status-codes")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """VirtualService ``http[].retries`` (or Istio's default policy when absent).
+
+    ``retry_on``: Envoy's conditions; ``status_codes``: the numbers given in ``retryOn`` (what
+    ``retriable-status-codes`` retries); ``attempts`` 0 disables retries; ``per_try_timeout`` 0:
+    none; ``backoff``: Envoy's base interval (25 ms), the cap being ten times it.
+    """
+
+    attempts: int = 2
+    per_try_timeout: float = 0.0
+    retry_on: tuple[str, ...] = DEFAULT_RETRY_ON
+    status_codes: tuple[int, ...] = ()
+    retry_remote_localities: bool = False
+    ignore_previous_hosts: bool = True
+    backoff: float = 0.025
+    configured: bool = False  # False: Istio's default policy
+
+
 @dataclass(frozen=True)
 class Route:
     """One HTTPRoute. Exactly one of ``destinations``, ``redirect``, ``direct_response`` is set."""
@@ -236,6 +260,8 @@ class Route:
     mirrors: tuple[Mirror, ...] = ()
     virtual_service: str = ""  # "namespace/name"; "" for a host's default route
     index: int = 0  # position in the VirtualService's spec.http
+    timeout: float = 0.0  # http[].timeout in seconds; 0: none (Istio's default)
+    retries: RetryPolicy = field(default_factory=RetryPolicy)
 
     @property
     def cluster(self) -> str:
@@ -250,7 +276,8 @@ class Route:
                 and not self.mirrors and self.request_headers == HeaderOps()
                 and self.response_headers == HeaderOps()
                 and self.destinations[0].request_headers == HeaderOps()
-                and self.destinations[0].response_headers == HeaderOps())
+                and self.destinations[0].response_headers == HeaderOps()
+                and not self.timeout and self.retries == RetryPolicy())
 
 
 @dataclass(frozen=True)

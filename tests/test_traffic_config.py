@@ -13,7 +13,7 @@ from control import ConfigError, build_snapshot, load_config
 from control import re2
 from control.config.networking import LB_SIMPLE
 from control.policy import SIMPLE_LB_POLICIES
-from control.snapshot import (DEFAULT_LB_POLICY, LB_POLICIES, Destination, DirectResponse, Endpoint, Fault,
+from control.snapshot import (RetryPolicy, DEFAULT_LB_POLICY, LB_POLICIES, Destination, DirectResponse, Endpoint, Fault,
                               HashPolicy, HeaderMatch, HeaderOps, LocalityLb, Mirror, QueryMatch, Redirect, Rewrite,
                               Route, RouteMatch, Snapshot, StringMatch)
 
@@ -505,20 +505,32 @@ INVALID = [
         'spec.http[0].route[0].destination.subset: subset "v1" of shadow.default.svc.cluster.local is not '
         "defined by any DestinationRule"]),
     ("not-supported-yet", vs("""\
-        - timeout: 5s
-          retries: {attempts: 3}
-          corsPolicy: {}
+        - corsPolicy: {}
           match: [{statPrefix: x}]
           fault: {abort: {grpcStatus: UNAVAILABLE}}
           route: [{destination: {host: shadow}}]
         """, extra="tcp: []\n"), [
         "spec.tcp: tcp is not supported yet",
-        "spec.http[0].timeout: timeout is not supported yet",
-        "spec.http[0].retries: retries is not supported yet",
         "spec.http[0].corsPolicy: corsPolicy is not supported yet",
         "spec.http[0].match[0].statPrefix: statPrefix is not supported yet",
         "spec.http[0].fault.abort.grpcStatus: grpcStatus is not supported yet",
     ]),
+    ("retries", vs("""\
+        - timeout: soon
+          retries: {attempts: -1, perTryTimeout: 0s, retryOn: "5xx,gateway-eror,999", retries: 3}
+          route: [{destination: {host: shadow}}]
+        """), [
+        'spec.http[0].timeout: "soon" is not a duration (use a number and a unit: "5s", "1.5s", '
+        '"100ms", "1m", "1h")',
+        "spec.http[0].retries.attempts: -1 is out of range (0-1000)",
+        'spec.http[0].retries.perTryTimeout: "0s" must be greater than zero',
+        "spec.http[0].retries.retryOn: unknown retry condition 'gateway-eror' "
+        '(did you mean "gateway-error"?)',
+        "spec.http[0].retries.retries: unknown field"]),
+    ("retry-status", vs("""\
+        - retries: {attempts: 2, retryOn: "5xx,999"}
+          route: [{destination: {host: shadow}}]
+        """), ["spec.http[0].retries.retryOn: 999 is not an HTTP status code"]),
     ("unknown-field", vs("- route: [{destination: {host: shadow, subet: v1}}]\n"), [
         'spec.http[0].route[0].destination.subet: unknown field (did you mean "subset"?)']),
     ("fault-and-redirect-codes", vs("""\
@@ -726,3 +738,33 @@ def test_re2_rejects(pattern, reason):
     assert re2.check(pattern) == reason
     with pytest.raises(re2.RegexError):
         re2.compile(pattern)
+
+
+# --- timeouts and retries ------------------------------------------------------------------------
+
+
+def test_timeout_and_retries_compile(tmp_path):
+    snap = build_snapshot(write(tmp_path, SERVICES + vs("""\
+        - match: [{uri: {prefix: /a}}]
+          timeout: 1.5s
+          retries: {attempts: 3, perTryTimeout: 500ms, retryOn: "5xx,reset,503,409"}
+          route: [{destination: {host: shadow}}]
+        - match: [{uri: {prefix: /b}}]
+          retries: {attempts: 0}
+          route: [{destination: {host: shadow}}]
+        - retries: {attempts: 4}
+          route: [{destination: {host: shadow}}]
+        """, hosts="[shadow]")))
+    a, b, c = vhost(snap, "shadow.default.svc.cluster.local:80").routes
+    assert a.timeout == 1.5
+    assert a.retries == RetryPolicy(attempts=3, per_try_timeout=0.5,
+                                    retry_on=("5xx", "reset", "retriable-status-codes"),
+                                    status_codes=(503, 409), configured=True)
+    assert b.retries.attempts == 0 and b.timeout == 0.0
+    # retryOn absent: Istio's default conditions with the route's attempts
+    assert c.retries == RetryPolicy(attempts=4, configured=True)
+    # a host without a VirtualService: Istio's default policy, and it stays the fast path
+    [default] = vhost(snap, "web.default.svc.cluster.local:80").routes
+    assert default.retries == RetryPolicy() and default.is_simple
+    assert RetryPolicy().attempts == 2 and RetryPolicy().retry_on == (
+        "connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes")

@@ -340,6 +340,35 @@ def _check_http_route(spec: dict, path: str, rep: Reporter) -> None:
                           f"\\{m.group(1)} refers to a group the match does not have ({groups})")
 
 
+#: Envoy's retry conditions (x-envoy-retry-on) and gRPC's (x-envoy-retry-grpc-on), as Istio's
+#: ``retryOn`` takes them; numbers in the list are retriable status codes.
+RETRY_ON = ("5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
+            "envoy-ratelimited", "retriable-4xx", "refused-stream", "retriable-status-codes",
+            "retriable-headers", "http3-post-connect-failure",
+            "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
+
+
+def _retry_on(value: str) -> Optional[str]:
+    for part in value.split(","):
+        part = part.strip()
+        if part.isdigit():
+            if not 100 <= int(part) <= 599:
+                return f"{part} is not an HTTP status code"
+            continue
+        if part not in RETRY_ON:
+            return f"unknown retry condition {part!r}{did_you_mean(part, RETRY_ON)}"
+    return None
+
+
+HTTP_RETRY = Struct({
+    "attempts": Field(Int(0, 1000)),
+    "perTryTimeout": Field(Duration(positive=True)),
+    "retryOn": Field(Str(validate=_retry_on)),
+    "retryRemoteLocalities": Field(Bool()),
+    "retryIgnorePreviousHosts": Field(Bool()),
+    "backoff": Field(Duration(positive=True)),
+})
+
 HTTP_ROUTE = Struct({
     "name": Field(Str()),
     "match": Field(ListOf(HTTP_MATCH)),
@@ -348,8 +377,8 @@ HTTP_ROUTE = Struct({
     "directResponse": Field(DIRECT_RESPONSE),
     "delegate": not_yet("delegate"),
     "rewrite": Field(REWRITE),
-    "timeout": not_yet("timeout"),
-    "retries": not_yet("retries"),
+    "timeout": Field(Duration()),
+    "retries": Field(HTTP_RETRY),
     "fault": Field(FAULT),
     "mirror": Field(DESTINATION),
     "mirrorPercentage": Field(PERCENT),
