@@ -144,6 +144,8 @@ def explain(snap: Snapshot, method: str, url: str, headers: list[str],
             out.append(f"rewrite   authority {host} -> {rw.authority}")
     _edits(out, "request headers", route.request_headers)
     _edits(out, "response headers", route.response_headers)
+    out.append("timeout   " + (f"{route.timeout:g}s" if route.timeout else "none (Istio's default)"))
+    out.append("retries   " + _retries(route.retries))
     total = sum(d.weight for d in route.destinations)
     out.append("destinations" if len(route.destinations) > 1 else "destination")
     for d in route.destinations:
@@ -170,6 +172,16 @@ class _Named:
 
     def __init__(self, name):
         self.name = name
+
+
+def _retries(r) -> str:
+    if r.attempts == 0:
+        return "disabled (attempts: 0)"
+    on = ",".join(r.retry_on + tuple(str(c) for c in r.status_codes))
+    text = f"{r.attempts} attempts on {on}"
+    if r.per_try_timeout:
+        text += f", {r.per_try_timeout:g}s per try"
+    return text + ("" if r.configured else " (Istio's default)")
 
 
 def _edits(out: list, what: str, ops: HeaderOps, indent: str = "") -> None:

@@ -52,9 +52,14 @@ _STATS = (
     ("cx_destroy_remote", "cx_destroy_remote", "counter"),
     ("bytes_rx", "cx_rx_bytes_total", "counter"),
     ("bytes_tx", "cx_tx_bytes_total", "counter"),
+    ("rq_retry", "rq_retry", "counter"),
+    ("rq_retry_success", "rq_retry_success", "counter"),
+    ("rq_retry_overflow", "rq_retry_overflow", "counter"),
+    ("rq_retry_limit_exceeded", "rq_retry_limit_exceeded", "counter"),
 )
 # Listeners do not connect anywhere.
-_LISTENER_SKIP = frozenset({"cx_connect_fail"})
+_LISTENER_SKIP = frozenset({"cx_connect_fail", "rq_retry", "rq_retry_success", "rq_retry_overflow",
+                            "rq_retry_limit_exceeded"})
 
 _LE = tuple(str(int(b)) if float(b).is_integer() else repr(float(b)) for b in counters.BUCKETS_MS) + ("+Inf",)
 

@@ -21,7 +21,7 @@ import pytest
 from control import build_snapshot
 from control.snapshot import Bootstrap
 from control.snapshot import Cluster as SCluster
-from control.snapshot import (Destination, DirectResponse, Fault, HeaderOps, Mirror, Redirect,
+from control.snapshot import (RetryPolicy, Destination, DirectResponse, Fault, HeaderOps, Mirror, Redirect,
                               Route, RouteMatch, Snapshot, StringMatch, VirtualHost)
 from control.snapshot import Endpoint as SEndpoint
 from control.snapshot import Listener as SListener
@@ -138,6 +138,16 @@ class Loop:
         self.timers.append(t)
         return t
 
+    def settle(self):
+        """Run tasks and fire due timers (retry backoffs) until nothing is left to do."""
+        while True:
+            self.run()
+            due = [t for t in self.timers if not t.cancelled and not t.fired]
+            if not due:
+                return
+            for t in due:
+                t.fire()
+
     def run(self):
         """Run every task made so far (and those they make) to completion; re-raise errors."""
         while True:
@@ -225,6 +235,19 @@ def default_snapshot():
         # (a match, so not the simple-host fast path, which skips hosts whose cluster is unknown)
         vhost(["ghost"], to(GHOST, name="ghost", virtual_service="default/ghost",
                             matches=(RouteMatch(uri=StringMatch("prefix", "/")),))),
+        vhost(["retry"], to(TWO, name="retry", virtual_service="default/retry",
+                            retries=RetryPolicy(attempts=2, retry_on=("5xx", "reset"),
+                                                configured=True))),
+        vhost(["retry503"], to(TWO, name="r503", virtual_service="default/r503",
+                               retries=RetryPolicy(attempts=1, retry_on=("retriable-status-codes",),
+                                                   status_codes=(503,), configured=True))),
+        vhost(["slow"], to(TWO, name="slow", virtual_service="default/slow", timeout=0.5,
+                           retries=RetryPolicy(attempts=0, configured=True))),
+        vhost(["trytimeout"], to(TWO, name="tt", virtual_service="default/tt", timeout=2.0,
+                                 retries=RetryPolicy(attempts=1, per_try_timeout=0.1,
+                                                     retry_on=("5xx",), configured=True))),
+        vhost(["noretry"], to(TWO, name="nr", virtual_service="default/nr",
+                              retries=RetryPolicy(attempts=0, configured=True))),
         vhost(["table"],
               Route("api", matches=(RouteMatch(uri=StringMatch("prefix", "/api/")),),
                     destinations=(Destination(API),), virtual_service="default/table"),
@@ -954,16 +977,21 @@ def test_connect_failure_retries_another_endpoint_and_releases_the_slot(b, make_
     conn.data_received(get("two"))
     s = conn.stream
     e.loop.run()
+    (backoff,) = e.loop.timers  # Envoy's jittered backoff: at most 25 ms before the first retry
+    assert 0 <= backoff.delay <= 0.025
+    e.loop.settle()
     assert len(e.loop.connects) == 2 and e.loop.connects[0] != e.loop.connects[1]
     failed = next(ep for ep in two.endpoints if (ep.address, ep.port) == e.loop.connects[0])
-    assert s.endpoint is not failed and s.flags == "URX"
+    assert s.endpoint is not failed and s.flags == "", "URX only when the retries run out"
     assert failed.health_flags & py_cluster.H_OUTLIER, "a connect failure ejects the endpoint"
     assert failed.rq_active == 0
     respond(e.loop.upstreams[0])
     assert client_t.take() == OK
     assert [ep.rq_active for ep in two.endpoints] == [0, 0]
     assert two.stats.cx_connect_fail == 1
-    assert two.stats.snapshot()["flags"] == {"URX|200": 1}
+    snap = two.stats.snapshot()
+    assert snap["flags"] == {} and (snap["rq_retry"], snap["rq_retry_success"]) == (1, 1)
+    assert two.retries_active == 0
 
 
 def test_endpoint_ejected_while_a_request_is_in_flight(b, make_engine):
@@ -997,12 +1025,16 @@ def test_connect_failure_everywhere_is_503_uf(b, make_engine):
     e.loop.refuse = 10
     client_t, conn = e.client()
     conn.data_received(get("web"))
-    e.loop.run()
+    e.loop.settle()
     out = client_t.take()
     assert out.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     assert out.endswith(b"reset reason: connection failure")
-    assert e.clusters[WEB].stats.snapshot()["flags"] == {"UF|503": 1}
-    assert e.clusters[WEB].endpoints[0].rq_active == 0
+    # Istio's default policy: two retries, to the only endpoint there is, then UF with URX
+    assert len(e.loop.connects) == 3
+    snap = e.clusters[WEB].stats.snapshot()
+    assert snap["flags"] == {"UF,URX|503": 1}
+    assert (snap["rq_retry"], snap["rq_retry_limit_exceeded"]) == (2, 1)
+    assert e.clusters[WEB].endpoints[0].rq_active == 0 and e.clusters[WEB].retries_active == 0
 
 
 def test_client_gone_mid_request_closes_the_upstream(b, make_engine):
@@ -1266,3 +1298,204 @@ def test_route_without_filters_creates_none(b, make_engine, host, path, cluster)
     # the chain builder was asked at apply time and built nothing for these routes
     assert (None, None) in e.chain_calls  # simple hosts
     assert ("api", None) in e.chain_calls and ("rest", None) in e.chain_calls
+
+
+
+# -- retries ----------------------------------------------------------------------------------------
+
+E500 = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nboom"
+E503 = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy"
+
+
+def test_5xx_is_retried_on_the_other_endpoint_with_the_body_replayed(b, make_engine):
+    e = make_engine()
+    client_t, conn = e.client()
+    conn.data_received(post_head("retry", 5) + b"hello")
+    s = conn.stream
+    e.loop.run()
+    first = e.loop.upstreams[0]
+    head = first.take()
+    assert head.endswith(b"hello")
+    respond(first, E500)
+    assert client_t.take() == b"", "a retriable answer never reaches the client"
+    assert first.closed
+    e.loop.settle()
+    second = e.loop.upstreams[1]
+    assert e.loop.connects[0] != e.loop.connects[1], "the retry avoids the endpoint that failed"
+    assert second.take() == head, "the same head (same x-request-id) and body are sent again"
+    respond(second)
+    assert client_t.take() == OK
+    two = e.clusters[TWO]
+    snap = two.stats.snapshot()
+    assert (snap["rq_retry"], snap["rq_retry_success"], snap["codes"]) == (1, 1, {200: 1})
+    assert s.flags == "" and two.retries_active == 0
+    assert [ep.rq_active for ep in two.endpoints] == [0, 0]
+
+
+def test_retries_exhausted_relays_the_last_answer_with_urx(b, make_engine):
+    e = make_engine()
+    client_t, conn = e.client()
+    conn.data_received(get("retry"))
+    for _ in range(3):  # the first attempt and two retries
+        e.loop.settle()
+        respond(conn.stream.upstream.transport, E500)
+    assert client_t.take() == E500
+    snap = e.clusters[TWO].stats.snapshot()
+    assert snap["flags"] == {"URX|500": 1}
+    assert (snap["rq_retry"], snap["rq_retry_limit_exceeded"], snap["rq_retry_success"]) == (2, 1, 0)
+
+
+def test_retriable_status_codes_only_retry_their_codes(b, make_engine):
+    e = make_engine()
+    client_t, conn = e.client()
+    conn.data_received(get("retry503"))
+    e.loop.run()
+    respond(e.loop.upstreams[0], E500)  # 500 is not in the list: relayed at once
+    assert client_t.take() == E500
+    conn.data_received(get("retry503"))
+    e.loop.settle()
+    respond(conn.stream.upstream.transport, E503)
+    e.loop.settle()  # the retry may reuse the other endpoint's pooled connection
+    respond(conn.stream.upstream.transport)
+    assert client_t.take() == OK
+
+
+def test_attempts_zero_disables_retries_even_for_connect_failures(b, make_engine):
+    e = make_engine()
+    e.loop.refuse = 1
+    client_t, conn = e.client()
+    conn.data_received(get("noretry"))
+    e.loop.settle()
+    assert len(e.loop.connects) == 1
+    assert client_t.take().startswith(b"HTTP/1.1 503 ")
+    assert e.clusters[TWO].stats.snapshot()["flags"] == {"UF|503": 1}
+
+
+def test_reset_before_a_response_is_retried(b, make_engine):
+    e = make_engine()
+    client_t, conn = e.client()
+    conn.data_received(get("retry"))
+    e.loop.run()
+    e.loop.upstreams[0].protocol.connection_lost(None)  # a fresh connection, no response byte
+    e.loop.settle()
+    respond(e.loop.upstreams[1])
+    assert client_t.take() == OK
+    assert e.clusters[TWO].stats.snapshot()["rq_retry"] == 1
+
+
+def test_a_body_too_large_to_keep_is_not_retried(b, make_engine):
+    e = make_engine()
+    client_t, conn = e.client()
+    big = b.stream.MAX_REPLAY + 1 if hasattr(b.stream, "MAX_REPLAY") else 65537
+    conn.data_received(post_head("retry", big) + b"x" * big)
+    e.loop.run()
+    respond(e.loop.upstreams[0], E500)
+    assert client_t.take() == E500
+    assert len(e.loop.connects) == 1
+    assert e.clusters[TWO].stats.snapshot()["rq_retry"] == 0
+
+
+def test_retry_budget_overflow_relays_the_answer(b, make_engine):
+    e = make_engine()
+    two = e.clusters[TWO]
+    two.budget_percent = 0.0  # a budget of zero concurrent retries
+    two.budget_min = 0
+    client_t, conn = e.client()
+    conn.data_received(get("retry"))
+    e.loop.run()
+    respond(e.loop.upstreams[0], E500)
+    assert client_t.take() == E500
+    snap = two.stats.snapshot()
+    assert (snap["rq_retry"], snap["rq_retry_overflow"]) == (0, 1)
+    # maxRetries is the separate breaker on concurrent retries
+    two.budget_percent = -1.0
+    two.max_retries = 0
+    conn.data_received(get("retry"))
+    e.loop.run()
+    respond(conn.stream.upstream.transport, E500)
+    assert client_t.take() == E500
+    assert two.stats.snapshot()["rq_retry_overflow"] == 2
+
+
+def test_retry_timer_is_cancelled_when_the_client_leaves(b, make_engine):
+    e = make_engine()
+    client_t, conn = e.client()
+    conn.data_received(get("retry"))
+    e.loop.run()
+    respond(e.loop.upstreams[0], E500)
+    (timer,) = [t for t in e.loop.timers if not t.fired]
+    conn.connection_lost(None)
+    assert timer.cancelled
+    assert e.clusters[TWO].retries_active == 0
+    assert [ep.rq_active for ep in e.clusters[TWO].endpoints] == [0, 0]
+
+
+
+# -- timeouts ---------------------------------------------------------------------------------------
+
+
+def live_timers(e):
+    return [t for t in e.loop.timers if not t.fired and not t.cancelled]
+
+
+def test_route_timeout_answers_504_ut_and_closes_the_upstream(b, make_engine):
+    e = make_engine()
+    client_t, conn = e.client()
+    conn.data_received(get("slow"))
+    e.loop.run()
+    (timer,) = live_timers(e)
+    assert timer.delay == 0.5
+    up_t = conn.stream.upstream.transport
+    timer.fire()
+    out = client_t.take()
+    assert out.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+    assert out.endswith(b"upstream request timeout")
+    assert up_t.closed
+    snap = e.clusters[TWO].stats.snapshot()
+    assert snap["flags"] == {"UT|504": 1} and snap["rq_timeout"] == 1
+    assert conn.stream is None, "the keep-alive connection goes on"
+
+
+def test_route_timeout_is_cancelled_by_the_response(b, make_engine):
+    e = make_engine()
+    client_t, conn = e.client()
+    conn.data_received(get("slow"))
+    e.loop.run()
+    (timer,) = live_timers(e)
+    respond(conn.stream.upstream.transport)
+    assert client_t.take() == OK and timer.cancelled
+
+
+def test_route_timeout_after_the_response_started_resets_the_client(b, make_engine):
+    e = make_engine()
+    client_t, conn = e.client()
+    conn.data_received(get("slow"))
+    e.loop.run()
+    (timer,) = live_timers(e)
+    respond(conn.stream.upstream.transport, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhal")
+    timer.fire()
+    assert client_t.closed
+    assert e.clusters[TWO].stats.snapshot()["flags"] == {"UT|200": 1}
+
+
+def test_per_try_timeout_retries_then_the_route_timeout_holds(b, make_engine):
+    e = make_engine()
+    client_t, conn = e.client()
+    conn.data_received(get("trytimeout"))
+    e.loop.run()
+    route_timer, try_timer = sorted(live_timers(e), key=lambda t: -t.delay)
+    assert (route_timer.delay, try_timer.delay) == (2.0, 0.1)
+    first = conn.stream.upstream.transport
+    try_timer.fire()  # the first attempt is too slow: closed, retried elsewhere
+    assert first.closed and client_t.take() == b""
+    (backoff,) = [t for t in live_timers(e) if t.callback.__name__ == "_retry_now"]
+    backoff.fire()
+    e.loop.run()
+    (second_try,) = [t for t in live_timers(e) if t is not route_timer]
+    assert second_try.delay == 0.1
+    second_try.fire()  # the retry is too slow as well, and none is left: 504 UT with URX
+    out = client_t.take()
+    assert out.startswith(b"HTTP/1.1 504 ")
+    snap = e.clusters[TWO].stats.snapshot()
+    assert snap["flags"] == {"UT,URX|504": 1} and snap["rq_retry"] == 1
+    assert route_timer.cancelled

@@ -95,6 +95,10 @@ cdef class Cluster:
     cdef public long long gen
     cdef public dict original
     cdef public OutlierDetector detector
+    cdef public long long retries_active, max_retries, budget_min
+    cdef public double budget_percent
+
+    cpdef bint retry_allowed(self)
 
     @cython.locals(ep=Endpoint, lr=CLeastRequestPicker)
     cpdef Endpoint choose(self, LbContext lb)

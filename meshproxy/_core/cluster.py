@@ -64,6 +64,9 @@ PROTOCOL_HTTP1 = "http/1.1"
 
 _GENERATION = [0]
 
+#: Istio's "unlimited" circuit-breaker value (2^32 - 1).
+MAX_UNLIMITED = 4294967295
+
 #: Original-destination endpoints kept per passthrough cluster (oldest dropped first).
 PASSTHROUGH_MAX = 4096
 
@@ -269,6 +272,26 @@ class Cluster:
         self.gen = 0
         self.original = None  # passthrough: (address, port) -> Endpoint
         self.detector = OutlierDetector(self)
+        # Retries in progress, bounded by connectionPool.http.maxRetries and the retry budget
+        # (trafficPolicy.retryBudget: ``budget_percent`` of the active requests, at least
+        # ``budget_min``; a negative percent: no budget).
+        self.retries_active = 0
+        self.max_retries = MAX_UNLIMITED
+        self.budget_percent = -1.0
+        self.budget_min = 3
+
+    def retry_allowed(self):
+        """May one more retry start now (the maxRetries breaker and the retry budget)?"""
+        active = self.retries_active
+        if active >= self.max_retries:
+            return False
+        if self.budget_percent >= 0.0:
+            allowed = int(self.stats.rq_active * self.budget_percent / 100.0)
+            if allowed < self.budget_min:
+                allowed = self.budget_min
+            if active >= allowed:
+                return False
+        return True
 
     def set_endpoints(self, endpoints, weights, priorities=None):
         """New membership (apply, DNS re-resolution): rebuild the groups and the picker."""

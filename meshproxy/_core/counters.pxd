@@ -18,6 +18,11 @@ cdef class ClusterStats:
     cdef readonly uint64_t rq_completed
     cdef readonly uint64_t rq_timeout
     cdef readonly uint64_t rq_reset
+    # Retries (Envoy's upstream_rq_retry*).
+    cdef readonly uint64_t rq_retry
+    cdef readonly uint64_t rq_retry_success
+    cdef readonly uint64_t rq_retry_overflow
+    cdef readonly uint64_t rq_retry_limit_exceeded
     # Connections.
     cdef readonly uint64_t cx_total
     cdef readonly int64_t cx_active
@@ -43,3 +48,7 @@ cdef class ClusterStats:
     cpdef void cx_remote_close(self) noexcept
     cpdef void timeout(self) noexcept
     cpdef void reset(self) noexcept
+    cpdef void retry(self) noexcept
+    cpdef void retry_success(self) noexcept
+    cpdef void retry_overflow(self) noexcept
+    cpdef void retry_limit_exceeded(self) noexcept

@@ -18,6 +18,8 @@ Snapshot format (``ClusterStats.snapshot()``, also what ``merge`` returns)::
      "rq_total": int, "rq_active": int, "rq_completed": int, "rq_timeout": int, "rq_reset": int,
      "cx_total": int, "cx_active": int, "cx_connect_fail": int, "cx_destroy_remote": int,
      "bytes_rx": int, "bytes_tx": int,
+     "rq_retry": int, "rq_retry_success": int, "rq_retry_overflow": int,
+     "rq_retry_limit_exceeded": int,
      "codes": {status: count},          # non-zero only; 0 = no status / out of range
      "flags": {"UF|503": count},        # "<response flags>|<status>"
      "latency": {"buckets": [count] * 20,   # per bucket (NOT cumulative), last one is +Inf
@@ -72,6 +74,18 @@ class ClusterStats:
     def bytes_rx(self) -> int: ...
     @property
     def bytes_tx(self) -> int: ...
+    @property
+    def rq_retry(self) -> int:
+        """Retries started (Envoy's ``upstream_rq_retry``)."""
+    @property
+    def rq_retry_success(self) -> int:
+        """Requests that succeeded after a retry."""
+    @property
+    def rq_retry_overflow(self) -> int:
+        """Retries not made because the retry budget or ``maxRetries`` breaker was full."""
+    @property
+    def rq_retry_limit_exceeded(self) -> int:
+        """Requests that failed retriably with no attempt left (flag ``URX``)."""
     def __init__(self, name: str) -> None: ...
     def rq_start(self) -> None:
         """A request began: ``rq_total += 1``, ``rq_active += 1``."""
@@ -97,6 +111,14 @@ class ClusterStats:
         """``cx_connect_fail += 1`` (a connect that failed never counts in ``cx_total``)."""
     def cx_remote_close(self) -> None:
         """``cx_destroy_remote += 1``; call in addition to ``cx_close``."""
+    def retry(self) -> None:
+        """``rq_retry += 1``."""
+    def retry_success(self) -> None:
+        """``rq_retry_success += 1``."""
+    def retry_overflow(self) -> None:
+        """``rq_retry_overflow += 1``."""
+    def retry_limit_exceeded(self) -> None:
+        """``rq_retry_limit_exceeded += 1``."""
     def timeout(self) -> None:
         """``rq_timeout += 1``."""
     def reset(self) -> None:

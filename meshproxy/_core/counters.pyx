@@ -87,6 +87,18 @@ cdef class ClusterStats:
     cpdef void reset(self) noexcept:
         self.rq_reset += 1
 
+    cpdef void retry(self) noexcept:
+        self.rq_retry += 1
+
+    cpdef void retry_success(self) noexcept:
+        self.rq_retry_success += 1
+
+    cpdef void retry_overflow(self) noexcept:
+        self.rq_retry_overflow += 1
+
+    cpdef void retry_limit_exceeded(self) noexcept:
+        self.rq_retry_limit_exceeded += 1
+
     def flag(self, str flags not None, long status):
         key = (flags, status)
         self.flags[key] = self.flags.get(key, 0) + 1
@@ -115,6 +127,10 @@ cdef class ClusterStats:
             "rq_reset": self.rq_reset,
             "bytes_rx": self.bytes_rx,
             "bytes_tx": self.bytes_tx,
+            "rq_retry": self.rq_retry,
+            "rq_retry_success": self.rq_retry_success,
+            "rq_retry_overflow": self.rq_retry_overflow,
+            "rq_retry_limit_exceeded": self.rq_retry_limit_exceeded,
             "codes": codes,
             "flags": {f"{f}|{s}": n for (f, s), n in self.flags.items()},
             "latency": {"buckets": buckets, "sum_ms": self.sum_us / 1000.0, "count": count},

@@ -65,6 +65,17 @@ cdef class HeaderEdit:
 
 
 @cython.final
+cdef class RetryRule:
+    cdef public int attempts
+    cdef public double per_try_timeout, backoff, max_backoff
+    cdef public bint ignore_previous_hosts, statuses, replay
+    cdef public frozenset codes
+    cdef public int on
+
+    cpdef bint retries_status(self, int status)
+
+
+@cython.final
 cdef class Decision:
     cdef public int action
     cdef public object cluster
@@ -78,6 +89,8 @@ cdef class Decision:
     cdef public object path
     cdef public tuple filters
     cdef public bint body_filters
+    cdef public RetryRule retry
+    cdef public double timeout
 
     cpdef Decision with_path(self, object path)
 
@@ -93,6 +106,7 @@ cdef class RouteEntry:
     cdef public object redirect, rewrite, fault
     cdef public Decision direct
     cdef public tuple local_filters
+    cdef public RetryRule retry
     cdef public object rewrite_uri, rewrite_authority, rewrite_regex, rewrite_regex_sub
 
     @cython.locals(b=MatchBlock)

@@ -22,6 +22,10 @@ at config time (RE2 syntax, validated by control; full-match semantics as in Env
 import re
 from random import random as _random
 
+from control.snapshot import RetryPolicy
+
+DEFAULT_POLICY = RetryPolicy()
+
 M_EXACT = 0
 M_PREFIX = 1
 M_REGEX = 2
@@ -292,6 +296,71 @@ class HeaderEdit:
         return m
 
 
+# Retry conditions (bits of RetryRule.on), Envoy's names.
+R_5XX = 1
+R_GATEWAY_ERROR = 2
+R_RESET = 4
+R_CONNECT_FAILURE = 8
+R_RETRIABLE_4XX = 16
+R_REFUSED_STREAM = 32
+R_STATUS_CODES = 64
+R_RETRIABLE_HEADERS = 128
+R_RESET_BEFORE_REQUEST = 256
+R_GRPC = 512  # cancelled, deadline-exceeded, internal, resource-exhausted, unavailable
+
+_RETRY_BITS = {"5xx": R_5XX, "gateway-error": R_GATEWAY_ERROR, "reset": R_RESET,
+               "connect-failure": R_CONNECT_FAILURE, "retriable-4xx": R_RETRIABLE_4XX,
+               "refused-stream": R_REFUSED_STREAM, "retriable-status-codes": R_STATUS_CODES,
+               "retriable-headers": R_RETRIABLE_HEADERS,
+               "reset-before-request": R_RESET_BEFORE_REQUEST, "cancelled": R_GRPC,
+               "deadline-exceeded": R_GRPC, "internal": R_GRPC, "resource-exhausted": R_GRPC,
+               "unavailable": R_GRPC}
+
+#: Conditions a connect failure satisfies, and a reset (connection lost before a response).
+RETRY_ON_CONNECT_FAILURE = R_CONNECT_FAILURE | R_5XX | R_GATEWAY_ERROR | R_RESET
+RETRY_ON_RESET = R_RESET | R_5XX | R_GATEWAY_ERROR
+
+
+class RetryRule:
+    """A route's retry policy as the engine uses it (from ``control.snapshot.RetryPolicy``).
+
+    ``on`` holds the conditions as bits; ``statuses`` is True when some response status can be
+    retried (the engine looks at the status only then); ``replay`` is True when a request may be
+    retried after it was sent, so the engine keeps its body (up to ``MAX_REPLAY`` bytes). gRPC
+    conditions apply to gRPC responses, which arrive with the HTTP/2 codec.
+    """
+
+    def __init__(self, policy):
+        self.attempts = policy.attempts
+        self.per_try_timeout = policy.per_try_timeout
+        self.backoff = policy.backoff
+        self.max_backoff = policy.backoff * 10.0  # Envoy's default cap: ten times the base
+        self.ignore_previous_hosts = policy.ignore_previous_hosts
+        self.codes = frozenset(policy.status_codes)
+        on = 0
+        for cond in policy.retry_on:
+            on |= _RETRY_BITS.get(cond, 0)
+        if not self.codes:
+            on &= ~R_STATUS_CODES
+        if self.attempts <= 0:
+            on = 0
+        self.on = on
+        self.statuses = (on & (R_5XX | R_GATEWAY_ERROR | R_RETRIABLE_4XX | R_STATUS_CODES)) != 0
+        self.replay = (on & (R_5XX | R_GATEWAY_ERROR | R_RESET | R_RETRIABLE_4XX
+                             | R_STATUS_CODES)) != 0
+
+    def retries_status(self, status):
+        """True when a response with ``status`` is to be retried."""
+        on = self.on
+        if on & R_5XX and status >= 500:
+            return True
+        if on & R_GATEWAY_ERROR and (status == 502 or status == 503 or status == 504):
+            return True
+        if on & R_RETRIABLE_4XX and status == 409:
+            return True
+        return (on & R_STATUS_CODES) != 0 and status in self.codes
+
+
 class Decision:
     """What to do with a request: route it to a cluster, or answer it here.
 
@@ -304,8 +373,10 @@ class Decision:
 
     def __init__(self, action, cluster=None, cluster_name="", route_name="default", entry=None,
                  status=0, flags="", body=b"", extra=b"", request_edit=None, response_edit=None,
-                 path=None, filters=None):
+                 path=None, filters=None, retry=None, timeout=0.0):
         self.action = action
+        self.retry = retry if retry is not None else DEFAULT_RETRY
+        self.timeout = timeout  # the route's timeout in seconds (0: none)
         self.cluster = cluster
         self.cluster_name = cluster_name
         self.route_name = route_name
@@ -328,7 +399,7 @@ class Decision:
         """This decision with the upstream path replaced (a rewrite)."""
         d = Decision(self.action, self.cluster, self.cluster_name, self.route_name, self.entry,
                      self.status, self.flags, self.body, self.extra, self.request_edit,
-                     self.response_edit, path, self.filters)
+                     self.response_edit, path, self.filters, self.retry, self.timeout)
         return d
 
     def describe(self):
@@ -339,6 +410,9 @@ class Decision:
 
 A_ROUTE = 0
 A_LOCAL = 1
+
+#: Istio's default retry policy (a route without ``retries``): connect failures, twice.
+DEFAULT_RETRY = RetryRule(RetryPolicy())
 
 #: No virtual host for the Host (and no default cluster), or no route matched: 404 NR.
 NO_ROUTE = Decision(A_LOCAL, status=404, flags="NR", route_name=None)
@@ -378,6 +452,7 @@ class RouteEntry:
         authority = _authority_edit(self.rewrite_authority) \
             if self.rewrite_authority is not None else None
         local_filters = chain(route, None, None) if chain is not None else None
+        self.retry = DEFAULT_RETRY if route.retries == DEFAULT_POLICY else RetryRule(route.retries)
         self.destinations = []
         self.total_weight = 0
         for d in route.destinations:
@@ -392,7 +467,8 @@ class RouteEntry:
                 dec = Decision(A_ROUTE, c, d.cluster, self.route_name, self,
                                request_edit=req_edit, response_edit=resp_edit,
                                filters=chain(route, req_edit, resp_edit)
-                               if chain is not None else None)
+                               if chain is not None else None, retry=self.retry,
+                               timeout=route.timeout)
             self.destinations.append((dec, d.weight))
             self.total_weight += d.weight
         self.redirect = route.redirect

@@ -32,13 +32,15 @@ from meshproxy._core.http1 cimport RequestParser as CRequestParser
 from meshproxy._core.http1 cimport ResponseParser as CResponseParser
 from meshproxy._core.router cimport Decision as CDecision
 from meshproxy._core.router cimport RequestView as CRequestView
+from meshproxy._core.router cimport RetryRule as CRetryRule
 from meshproxy._core.router cimport RouteContext as CRouteContext
 
 cdef int A_ROUTE
 cdef int S_FILTERS, S_UPSTREAM, S_DONE
 cdef int PAUSE_UPSTREAM_FULL, PAUSE_PENDING
 cdef int RF_NONE, RF_LENGTH, RF_CHUNKED, RF_CLOSE
-cdef int MAX_CONNECT_RETRIES
+cdef int RETRY_ON_CONNECT_FAILURE, RETRY_ON_RESET
+cdef Py_ssize_t MAX_REPLAY
 cdef Py_ssize_t MAX_BUFFERED
 cdef dict _state
 
@@ -97,6 +99,12 @@ cdef class Stream:
     cdef public int attempts
     cdef public CLbContext lb
     cdef public long long lb_gen
+    cdef public CRetryRule rule
+    cdef public list replay
+    cdef public Py_ssize_t replay_size
+    cdef public object retry_timer
+    cdef public bint retrying
+    cdef public object timeout_timer, try_timer
     cdef public list filters
     cdef public Py_ssize_t filter_index
     cdef public bint body_filters
@@ -122,21 +130,38 @@ cdef class Stream:
     cpdef bytes _serialize(self)
     @cython.locals(lb=CLbContext)
     cpdef CLbContext _lb_context(self, CCluster cluster)
-    @cython.locals(up=UpstreamConnection, pending=list, size=Py_ssize_t)
+    @cython.locals(up=UpstreamConnection, pending=list, size=Py_ssize_t, replay=list)
     cpdef request_data(self, object data)
     cpdef request_end(self)
+    @cython.locals(d=CDecision)
+    cpdef _arm_timeouts(self)
+    cpdef _arm_try_timer(self)
+    cpdef _on_timeout(self)
+    @cython.locals(up=UpstreamConnection, ep=CEndpoint)
+    cpdef _on_try_timeout(self)
+    @cython.locals(cluster=CCluster, up=UpstreamConnection)
+    cpdef _timed_out(self)
     cpdef _body_filters(self, object data, bint end)
     @cython.locals(up=UpstreamConnection)
     cpdef tunnel_data(self, object data)
     @cython.locals(up=UpstreamConnection)
     cpdef _connect(self, CEndpoint ep)
+    cpdef bint _retry(self, bint keep_pending)
+    @cython.locals(rule=CRetryRule, cluster=CCluster)
+    cpdef bint _may_retry(self, bint keep_pending)
+    @cython.locals(rule=CRetryRule, cluster=CCluster, ep=CEndpoint, lb=CLbContext, cap=double,
+                   pending=list)
+    cpdef _start_retry(self, bint keep_pending)
+    @cython.locals(cluster=CCluster, lb=CLbContext, ep=CEndpoint, up=UpstreamConnection,
+                   pending=list)
+    cpdef _retry_now(self)
     cpdef on_upstream_ready(self, UpstreamConnection up)
     @cython.locals(ep=CEndpoint, cluster=CCluster, lb=CLbContext, other=CEndpoint)
     cpdef on_upstream_failed(self, UpstreamConnection up, bint timed_out)
     cpdef on_upstream_lost(self, UpstreamConnection up, bint got_response_bytes)
     cpdef on_upstream_bad_response(self, UpstreamConnection up, object err)
     cpdef on_interim(self, UpstreamConnection up, CResponseParser resp)
-    @cython.locals(extra=bytes)
+    @cython.locals(extra=bytes, rule=CRetryRule, detector=COutlierDetector)
     cpdef on_response_head(self, UpstreamConnection up, CResponseParser resp, Py_ssize_t k,
                            bint delimited)
     cpdef on_upgrade(self, UpstreamConnection up, bytes head)

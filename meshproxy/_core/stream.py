@@ -41,14 +41,15 @@ when none is left).
 import asyncio
 import time
 from http import HTTPStatus
+from random import random as _random
 from time import monotonic as _monotonic
 
 # Relative imports: compiled, these are the compiled siblings; as meshproxy._py.stream, the twins.
 from .balancer import hash_key as _hash_bytes
 from .cluster import (RESULT_CONNECT_FAILED, RESULT_CONNECT_SUCCESS, RESULT_CONNECT_TIMEOUT,
-                      RESULT_RESET, LbContext)
+                      RESULT_RESET, RESULT_TIMEOUT, LbContext)
 from .http1 import ChunkedFramer, ResponseParser, request_id
-from .router import A_ROUTE
+from .router import A_ROUTE, RETRY_ON_CONNECT_FAILURE, RETRY_ON_RESET
 
 from meshproxy.errors import ProtocolError
 
@@ -73,7 +74,7 @@ RF_CHUNKED = 2
 RF_CLOSE = 3  # delimited by the upstream closing the connection
 
 MAX_BUFFERED = 65536  # request bytes held (connecting, filters stopped) before reading pauses
-MAX_CONNECT_RETRIES = 2  # Istio's default retry policy retries connect failures twice
+MAX_REPLAY = 65536  # request body kept for a retry after it was sent; a larger one is not retried
 
 REASONS = {int(st): st.phrase.encode("ascii") for st in HTTPStatus}
 
@@ -84,6 +85,7 @@ BODY_CONNECT_FAILURE = (b"upstream connect error or disconnect/reset before head
 BODY_CONNECTION_TERMINATION = (b"upstream connect error or disconnect/reset before headers. "
                                b"reset reason: connection termination")
 BODY_PROTOCOL_ERROR = b"upstream sent an invalid HTTP response"
+BODY_TIMEOUT = b"upstream request timeout"
 
 _state = {"date": b""}
 
@@ -237,6 +239,13 @@ class Stream:
         self.retried = False
         self.lb = None
         self.lb_gen = 0
+        self.rule = None
+        self.replay = None
+        self.replay_size = 0
+        self.retry_timer = None
+        self.retrying = False
+        self.timeout_timer = None
+        self.try_timer = None
         self.filters = None
         self.filter_index = 0
         self.body_filters = False
@@ -267,6 +276,9 @@ class Stream:
             cluster = d.cluster
             self.cluster = cluster
             self.path = d.path
+            self.rule = d.retry
+            if d.retry.replay:
+                self.replay = []
             cluster.stats.rq_start()
         elif factories is None:
             self.local_reply(d.status, d.body, d.flags, d.extra)
@@ -315,6 +327,8 @@ class Stream:
         head = self._serialize()
         self.req_head = head
         self.state = S_UPSTREAM
+        if self.req_done:
+            self._arm_timeouts()
         pending = self.pending
         if pending and self.body_filters:
             # Body that arrived while a filter held the stream: the body filters see it now,
@@ -415,6 +429,13 @@ class Stream:
             self._body_filters(data, False)
             if self.state == S_DONE:
                 return
+        replay = self.replay
+        if replay is not None:
+            self.replay_size += len(data)
+            if self.replay_size > MAX_REPLAY:
+                self.replay = None  # too large to keep: this request will not be retried once sent
+            else:
+                replay.append(data)
         up = self.upstream
         if up is not None and up.transport is not None:
             up.tx(data)
@@ -432,8 +453,65 @@ class Stream:
     def request_end(self):
         """The request body is complete (or there was none)."""
         self.req_done = True
-        if self.body_filters and self.state == S_UPSTREAM:
-            self._body_filters(b"", True)
+        if self.state == S_UPSTREAM:
+            self._arm_timeouts()
+            if self.body_filters:
+                self._body_filters(b"", True)
+
+    def _arm_timeouts(self):
+        """The request is complete: the route's timeout starts (Envoy's), and the per-try
+        timeout of the attempt in flight."""
+        d = self.decision
+        if d.timeout > 0.0 and self.timeout_timer is None:
+            self.timeout_timer = self.conn.loop.call_later(d.timeout, self._on_timeout)
+        if self.rule.per_try_timeout > 0.0:
+            self._arm_try_timer()
+
+    def _arm_try_timer(self):
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+        self.try_timer = self.conn.loop.call_later(self.rule.per_try_timeout, self._on_try_timeout)
+
+    def _on_timeout(self):
+        """The route's timeout: 504 UT (or, with the response under way, a reset)."""
+        self.timeout_timer = None
+        if self.state == S_DONE:
+            return
+        self._timed_out()
+
+    def _on_try_timeout(self):
+        """This attempt took longer than ``perTryTimeout``: UT, and retried when the policy
+        retries resets and timeouts (5xx, gateway-error, reset)."""
+        self.try_timer = None
+        if self.state == S_DONE or self.resp_started:
+            return
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            up.stream = None
+            up.close()
+        ep = self.endpoint
+        if ep is not None:
+            self.cluster.detector.put_result(ep, RESULT_TIMEOUT)
+        if self.rule.on & RETRY_ON_RESET and self._retry(False):
+            return
+        self._timed_out()
+
+    def _timed_out(self):
+        cluster = self.cluster
+        cluster.stats.timeout()
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            up.stream = None
+            up.close()
+        if self.resp_started:
+            self.flags = "UT"
+            self.finish(self.status)
+            self.conn.reset_stream(self)
+            return
+        self.pending = None
+        self.local_reply(504, BODY_TIMEOUT, "UT,URX" if self.retrying else "UT", b"")
 
     def _body_filters(self, data, end):
         for f in self.filters:
@@ -515,27 +593,12 @@ class Stream:
                                     else RESULT_CONNECT_FAILED)
         # Istio's default retry policy retries connect failures on another endpoint; nothing
         # has been sent yet, everything is still in ``pending``.
-        if self.attempts < MAX_CONNECT_RETRIES and self.pending is not None:
-            lb = self.lb
-            if lb is None:
-                lb = self._lb_context(cluster)
-            if lb.avoid is None:
-                lb.avoid = [ep]
-            else:
-                lb.avoid.append(ep)
-            cluster.release(ep, self.lb_gen)
-            self.endpoint = None
-            other = cluster.choose(lb)
-            if other is not None:
-                self.lb_gen = cluster.gen
-                self.attempts += 1
-                self.endpoint = other
-                self.flags = "URX"
-                self._connect(other)
+        if self.pending is not None and self.rule.on & RETRY_ON_CONNECT_FAILURE:
+            if self._retry(True):
                 return
         self.pending = None
         self.conn.resume_reading(PAUSE_PENDING)
-        self.local_reply(503, BODY_CONNECT_FAILURE, "UF", b"")
+        self.local_reply(503, BODY_CONNECT_FAILURE, "UF,URX" if self.retrying else "UF", b"")
 
     def on_upstream_lost(self, up, got_response_bytes):
         """The upstream connection closed while this stream was using it."""
@@ -556,7 +619,10 @@ class Stream:
                 self._connect(self.endpoint)
                 return
             self.cluster.stats.reset()
-            self.local_reply(503, BODY_CONNECTION_TERMINATION, "UC", b"")
+            if self.rule.on & RETRY_ON_RESET and self._retry(False):
+                return
+            self.local_reply(503, BODY_CONNECTION_TERMINATION,
+                             "UC,URX" if self.retrying else "UC", b"")
             return
         # Mid-response: the client cannot be told cleanly; reset it (Envoy: UC, response cut).
         self.flags = "UC"
@@ -580,11 +646,121 @@ class Stream:
             return
         self.local_reply(502, BODY_PROTOCOL_ERROR, "UPE", b"")
 
+    def _retry(self, keep_pending):
+        """Start another attempt after a retriable failure (see ``_may_retry``); False when
+        there will be none."""
+        if not self._may_retry(keep_pending):
+            return False
+        self._start_retry(keep_pending)
+        return True
+
+    def _may_retry(self, keep_pending):
+        """May another attempt start? Not when none is left (counted: limit exceeded), when the
+        request cannot be replayed (its body is still coming, or was too large to keep), or when
+        the retry budget / maxRetries breaker is full (counted: overflow)."""
+        rule = self.rule
+        cluster = self.cluster
+        if self.attempts >= rule.attempts:
+            if rule.attempts > 0:
+                cluster.stats.retry_limit_exceeded()
+            return False
+        if not keep_pending and (not self.req_done or (self.req_body_sent and self.replay is None)):
+            return False
+        if not self.retrying and not cluster.retry_allowed():
+            cluster.stats.retry_overflow()
+            return False
+        return True
+
+    def _start_retry(self, keep_pending):
+        """Another attempt, on another endpoint when there is one, after Envoy's jittered
+        exponential backoff. ``keep_pending``: nothing was sent (a connect failure): what waits
+        in ``pending`` goes to the next attempt; otherwise the head and the kept body
+        (``replay``) are sent again."""
+        rule = self.rule
+        cluster = self.cluster
+        if not self.retrying:
+            self.retrying = True
+            cluster.retries_active += 1
+        self.attempts += 1
+        cluster.stats.retry()
+        ep = self.endpoint
+        lb = self.lb
+        if lb is None:
+            lb = self._lb_context(cluster)
+        if rule.ignore_previous_hosts:
+            if lb.avoid is None:
+                lb.avoid = [ep]
+            else:
+                lb.avoid.append(ep)
+        cluster.release(ep, self.lb_gen)
+        self.endpoint = None
+        if not keep_pending:
+            pending = [self.req_head]
+            if self.replay:
+                pending.extend(self.replay)
+            self.pending = pending
+        # Envoy: a random delay up to base * 2^(retry - 1), capped at max_backoff.
+        cap = rule.backoff * (1 << (self.attempts - 1))
+        if cap > rule.max_backoff:
+            cap = rule.max_backoff
+        self.retry_timer = self.conn.loop.call_later(_random() * cap, self._retry_now)
+
+    def _retry_now(self):
+        self.retry_timer = None
+        if self.state == S_DONE:
+            return
+        cluster = self.cluster
+        lb = self.lb
+        ep = cluster.choose(lb)
+        if ep is None and lb.avoid is not None:
+            # Every endpoint was tried: go back to any of them (Envoy does the same after its
+            # host-selection attempts).
+            lb.avoid = None
+            ep = cluster.choose(lb)
+        if ep is None:
+            self.pending = None
+            self.local_reply(503, BODY_NO_HEALTHY, "UH", b"")
+            return
+        self.lb_gen = cluster.gen
+        self.endpoint = ep
+        if self.req_done and self.rule.per_try_timeout > 0.0:
+            self._arm_try_timer()
+        up = ep.pool.acquire()
+        if up is not None:
+            up.attach(self, True)
+            self.upstream = up
+            if self.conn.write_paused:
+                up.pause(1)
+            pending = self.pending
+            self.pending = None
+            if pending:
+                up.tx(b"".join(pending))
+            self.conn.resume_reading(PAUSE_PENDING)
+        else:
+            self._connect(ep)
+
     def on_interim(self, up, resp):
         self.conn.send_interim(self, resp)
 
     def on_response_head(self, up, resp, k, delimited):
         """The upstream's final response head, with ``k`` body bytes after it in its buffer."""
+        rule = self.rule
+        if rule.statuses and rule.retries_status(resp.status):
+            # A retriable answer: nothing of it has reached the client; drop it and try again.
+            detector = self.cluster.detector
+            if detector.wants_responses:
+                detector.put_result(self.endpoint, resp.status)
+            if self._may_retry(False):
+                self.upstream = None
+                up.stream = None
+                up.close()
+                self._start_retry(False)
+                return
+            if self.retrying:
+                self.flags = "URX"
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
         self.resp_started = True
         self.status = resp.status
         if self.filters is not None:
@@ -681,6 +857,19 @@ class Stream:
         ep = self.endpoint
         if ep is not None:
             cluster.release(ep, self.lb_gen)
+        if self.retry_timer is not None:
+            self.retry_timer.cancel()
+            self.retry_timer = None
+        if self.timeout_timer is not None:
+            self.timeout_timer.cancel()
+            self.timeout_timer = None
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        if self.retrying:
+            cluster.retries_active -= 1
+            if 0 < status < 500:
+                cluster.stats.retry_success()
         flags = self.flags
         if cluster is not None:
             cluster.stats.rq_end(status, us, self.bytes_rx, self.bytes_tx)

@@ -19,7 +19,8 @@ N_BUCKETS = len(BUCKETS_MS) + 1
 N_CODES = 600
 
 _COUNTER_NAMES = ("rq_total", "rq_active", "rq_completed", "cx_total", "cx_active", "cx_connect_fail",
-                  "cx_destroy_remote", "rq_timeout", "rq_reset", "bytes_rx", "bytes_tx")
+                  "cx_destroy_remote", "rq_timeout", "rq_reset", "bytes_rx", "bytes_tx",
+                  "rq_retry", "rq_retry_success", "rq_retry_overflow", "rq_retry_limit_exceeded")
 
 
 class ClusterStats:
@@ -31,7 +32,8 @@ class ClusterStats:
 
     __slots__ = ("_name", "_rq_total", "_rq_active", "_rq_completed", "_cx_total", "_cx_active",
                  "_cx_connect_fail", "_cx_destroy_remote", "_rq_timeout", "_rq_reset", "_bytes_rx",
-                 "_bytes_tx", "_codes", "_buckets", "_sum_us", "_flags")
+                 "_bytes_tx", "_rq_retry", "_rq_retry_success", "_rq_retry_overflow",
+                 "_rq_retry_limit_exceeded", "_codes", "_buckets", "_sum_us", "_flags")
 
     def __init__(self, name: str):
         if not isinstance(name, str):
@@ -48,6 +50,10 @@ class ClusterStats:
         self._rq_reset = 0
         self._bytes_rx = 0
         self._bytes_tx = 0
+        self._rq_retry = 0
+        self._rq_retry_success = 0
+        self._rq_retry_overflow = 0
+        self._rq_retry_limit_exceeded = 0
         self._codes = [0] * N_CODES
         self._buckets = [0] * N_BUCKETS
         self._sum_us = 0
@@ -65,6 +71,10 @@ class ClusterStats:
     rq_reset = property(lambda self: self._rq_reset)
     bytes_rx = property(lambda self: self._bytes_rx)
     bytes_tx = property(lambda self: self._bytes_tx)
+    rq_retry = property(lambda self: self._rq_retry)
+    rq_retry_success = property(lambda self: self._rq_retry_success)
+    rq_retry_overflow = property(lambda self: self._rq_retry_overflow)
+    rq_retry_limit_exceeded = property(lambda self: self._rq_retry_limit_exceeded)
 
     def rq_start(self) -> None:
         self._rq_total += 1
@@ -109,6 +119,18 @@ class ClusterStats:
 
     def reset(self) -> None:
         self._rq_reset += 1
+
+    def retry(self) -> None:
+        self._rq_retry += 1
+
+    def retry_success(self) -> None:
+        self._rq_retry_success += 1
+
+    def retry_overflow(self) -> None:
+        self._rq_retry_overflow += 1
+
+    def retry_limit_exceeded(self) -> None:
+        self._rq_retry_limit_exceeded += 1
 
     def flag(self, flags: str, status: int) -> None:
         key = (flags, status)
