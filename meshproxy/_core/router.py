@@ -44,12 +44,18 @@ except (ImportError, AttributeError):  # pragma: no cover - another google-re2 l
     _ANCHOR_BOTH = _UNANCHORED = None
 
 
-def compile_regex(pattern, ignore_case=False):
-    """An RE2 pattern (str) compiled as Envoy does: UTF-8, case-insensitive on request."""
+def compile_regex(pattern, ignore_case=False, capture=True):
+    """An RE2 pattern (str) compiled as Envoy does: UTF-8, case-insensitive on request.
+
+    ``capture=False`` for a yes/no match: RE2 then answers from its DFA alone, where groups would
+    make it run its NFA over the whole value for their positions (0.2 ms instead of 30 ms for
+    ``(a+)+b`` against 60,000 bytes that match)."""
     o = _re2.Options()
     o.log_errors = False
     if ignore_case:
         o.case_sensitive = False
+    if not capture:
+        o.never_capture = True
     return _re2.compile(pattern.encode("utf-8"), o)
 
 
@@ -72,7 +78,7 @@ class Matcher:
         if ignore_case and self.kind != M_REGEX:
             v = v.lower()
         self.value = v
-        self.regex = compile_regex(value, ignore_case) if self.kind == M_REGEX else None
+        self.regex = compile_regex(value, ignore_case, False) if self.kind == M_REGEX else None
         self.raw_match = raw_match(self.regex) if self.kind == M_REGEX else None
 
     def test(self, v):
