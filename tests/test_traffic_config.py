@@ -761,3 +761,25 @@ def test_re2_rejects(pattern, reason):
 def test_re2_rewrite_strings(rewrite, groups, reason):
     assert regex.check_rewrite(rewrite, groups) == reason
 
+
+
+def test_validate_refuses_non_re2_regex_naming_the_field(tmp_path, capsys):
+    """``meshproxy validate``: a backreference (valid for Python's re, not for RE2) is an error on
+    the field that holds it, with RE2's reason, and exit status 1."""
+    from meshproxy.cli import main
+
+    write(tmp_path, SERVICES + vs("""\
+        - match: [{headers: {x-user: {regex: "(a)\\\\1"}}}]
+          route: [{destination: {host: shadow}}]
+        - rewrite: {uriRegexRewrite: {match: "/(?=x)", rewrite: "/"}}
+          route: [{destination: {host: shadow}}]
+        """))
+    path = str(tmp_path / "mesh.yaml")
+    assert main(["validate", path]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"{path}: VirtualService default/vs: spec.http[0].match[0].headers.x-user.regex: invalid regex: "
+        "invalid escape sequence: \\1 (RE2 has no backreferences)",
+        f"{path}: VirtualService default/vs: spec.http[1].rewrite.uriRegexRewrite.match: invalid regex: "
+        "invalid perl operator: (?= (RE2 has no lookaround)",
+    ]
