@@ -364,3 +364,124 @@ def test_parse_query(twin):
     assert router.parse_query(b"/p") == {}
     assert router.parse_query(b"/p?a=1&b=&c&a=2&&d=x=y#frag") == {
         b"a": b"1", b"b": b"", b"c": b"", b"d": b"x=y"}
+
+
+# -- regexes are RE2 (linear time, as Envoy) ---------------------------------------------------------
+
+REDOS = "(a+)+b"  # exponential on a backtracking engine: 26 "a" took 2.5 s with Python's re
+HEAD_LIMIT_VALUE = 60000  # as large as a header value gets under the 60 KiB head limit
+
+
+@pytest.mark.parametrize("n", [26, 30, 1000, HEAD_LIMIT_VALUE])
+def test_redos_header_regex_is_linear(twin, n):
+    import time
+
+    r = route("r", [RouteMatch(headers=(HeaderMatch("x-a", sm("regex", REDOS)),))])
+    t = table(twin, r)
+    for value, ok in (("a" * n, False), ("a" * n + "b", True), ("a" * (n - 1) + "c", False)):
+        req = view(twin, headers=[("x-a", value)])
+        start = time.perf_counter()
+        e, _ = t.match(req)
+        took = time.perf_counter() - start
+        assert (e is not None) is ok
+        assert took < 0.05, f"{len(value)}-byte header took {took * 1000:.1f} ms"
+
+
+@pytest.mark.parametrize("field", ["uri", "query"])
+def test_redos_uri_and_query_regex_is_linear(twin, field):
+    import time
+
+    if field == "uri":
+        m = RouteMatch(uri=sm("regex", "/(a+)+b"))
+        target = "/" + "a" * 8000
+    else:
+        m = RouteMatch(query_params=(QueryMatch("q", sm("regex", REDOS)),))
+        target = "/?q=" + "a" * 8000
+    t = table(twin, route("r", [m]))
+    start = time.perf_counter()
+    assert t.match(view(twin, target=target)) == (None, None)
+    assert time.perf_counter() - start < 0.05
+
+
+@pytest.mark.parametrize("pattern,value,ok", [
+    # UTF-8, as Envoy's RE2: "." is one character, classes hold characters, (?i) folds Unicode
+    ("caf.", "café".encode(), True),
+    ("caf[éè]", "café".encode(), True),
+    ("caf\\x{e9}", "café".encode(), True),
+    ("(?i)CAFÉ", "café".encode(), True),
+    ("\\pL+", "ça".encode(), True),
+    ("....", "café".encode(), True),
+    (".....", "café".encode(), False),
+    # bytes that are not UTF-8 are never a character: "." does not match them (as in Envoy),
+    # and they never break matching
+    (".*", b"\xff", False),
+    ("a.b", b"a\xffb", False),
+    ("a\\C+b", b"a\xff\xfeb", True),  # \C: any byte
+    ("[^/]*", b"\xe9t\xe9", False),  # latin-1, not UTF-8
+    ("x-.*", b"x-ok", True),
+])
+def test_regex_non_ascii_values(twin, pattern, value, ok):
+    r = route("r", [RouteMatch(headers=(HeaderMatch("x-v", sm("regex", pattern)),))])
+    req = view(twin, headers=[("x-v", value.decode("latin-1"))])  # the value's bytes on the wire
+    assert req.header(b"x-v") == value
+    e, _ = table(twin, r).match(req)
+    assert (e is not None) is ok
+
+
+def test_regex_ignore_case_is_an_re2_option(twin):
+    router, _ = twin
+    m = router.Matcher("regex", "svc\\.example\\.com(:80)?", True)
+    assert m.test(b"SVC.Example.COM:80") and not m.test(b"svc.example.com:8080")
+    assert not router.Matcher("regex", "svc", False).test(b"SVC")
+
+
+def test_regex_matcher_public_api_fallback_agrees(twin):
+    """The matcher calls the binding's C++ object directly; the public API gives the same answers."""
+    router, _ = twin
+    fast = router.Matcher("regex", "v[0-9]+|(a+)+b")
+    assert fast.raw_match is not None
+    slow = router.Matcher("regex", "v[0-9]+|(a+)+b")
+    slow.raw_match = None
+    for v in (b"v1", b"v", b"aab", b"a" * 5000, b"xv1", b""):
+        assert fast.test(v) == slow.test(v) == (router.compile_regex("v[0-9]+|(a+)+b")
+                                                .fullmatch(v) is not None)
+
+
+@pytest.mark.parametrize("match,rewrite,path,expect", [
+    # RE2::GlobalReplace, Envoy's regex_rewrite: every match, \0-\9 groups, \\ a backslash
+    ("a", "b", b"/aXa", b"/bXb"),
+    ("/", "\\0\\0", b"/a/b", b"//a//b"),
+    ("a*", "-", b"/baaac", b"-/-b-c-"),  # no empty match right after a match (RE2, not Python)
+    ("(x)?a", "[\\1]", b"/aa", b"/[][]"),  # a group that did not take part is empty
+    ("a", "\\\\", b"/a", b"/\\"),
+    ("([0-9])", "\\10", b"/7", b"/70"),  # \1 then "0": RE2 reads one digit
+    ("^/x$", "/y", b"/xx", b"/xx"),  # no match: unchanged
+    ("é", "e", "/café".encode(), b"/cafe"),
+    ("", "-", "/é".encode(), "-/-é-".encode()),  # empty matches step over a UTF-8 character
+    ("", "-", b"a\xffb", b"-a-\xff-b-"),  # or over one byte that is not UTF-8
+    ("(a+)+b", "x", b"/" + b"a" * 50000, b"/" + b"a" * 50000),
+])
+@pytest.mark.parametrize("api", ["raw", "public"])
+def test_regex_global_replace(twin, match, rewrite, path, expect, api):
+    import time
+
+    router, _ = twin
+    rx = router.compile_regex(match)
+    raw = router.raw_match(rx) if api == "raw" else None
+    assert (raw is None) is (api == "public")
+    start = time.perf_counter()
+    assert router.global_replace(rx, raw, router.rewrite_template(rewrite), path) == expect
+    assert time.perf_counter() - start < 0.05
+
+
+@pytest.mark.parametrize("match,rewrite,target,expect", [
+    ("^/items/([0-9]+)/([a-z]+)$", "/\\2/id/\\1", "/items/42/abc?keep=1", b"/abc/id/42?keep=1"),
+    ("a*", "-", "/baaac?a=aa", b"/-/-b-c-?a=aa"),  # the query is kept as it is
+    ("(a+)+b", "x", "/" + "a" * 8000, b"/" + b"a" * 8000),
+])
+def test_regex_rewrite_route(twin, match, rewrite, target, expect):
+    t = table(twin, route("r", [RouteMatch(uri=sm("prefix", "/"))],
+                          rewrite=Rewrite(uri_regex=match, uri_regex_rewrite=rewrite)))
+    req = view(twin, target=target)
+    e, b = t.match(req)
+    assert e.rewritten_path(req, b) == expect

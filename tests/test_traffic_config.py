@@ -1,7 +1,7 @@
 """Traffic management in control: VirtualService, DestinationRule, ServiceEntry DNS/NONE/wildcards.
 
 Real YAML (tests/configs/bookinfo.yaml, or files written to tmp_path) compiled to the Snapshot
-contract; every validation error with its exact string; the RE2 checker.
+contract; every validation error with its exact string; regexes checked by RE2.
 """
 import json
 import os
@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from control import ConfigError, build_snapshot, load_config
-from control import re2
+from control import regex
 from control.config.networking import LB_SIMPLE
 from control.policy import SIMPLE_LB_POLICIES
 from control.snapshot import (RetryPolicy, DEFAULT_LB_POLICY, LB_POLICIES, Destination, DirectResponse, Endpoint, Fault,
@@ -473,10 +473,25 @@ INVALID = [
             queryParams: {q: {regex: "a("}}
           route: [{destination: {host: shadow}}]
         """), [
-        "spec.http[0].match[0].uri.regex: invalid regex: backreference \\1 is not supported (RE2 syntax)",
-        "spec.http[0].match[0].headers.x.regex: invalid regex: lookahead (?= is not supported (RE2 syntax)",
-        "spec.http[0].match[0].queryParams.q.regex: invalid regex: missing ), unterminated subpattern",
+        "spec.http[0].match[0].uri.regex: invalid regex: invalid escape sequence: \\1 (RE2 has no backreferences)",
+        "spec.http[0].match[0].headers.x.regex: invalid regex: invalid perl operator: (?= (RE2 has no lookaround)",
+        "spec.http[0].match[0].queryParams.q.regex: invalid regex: missing ): a(",
     ]),
+    ("bad-rewrite-regex", vs("""\
+        - rewrite: {uriRegexRewrite: {match: "(?<=/)a", rewrite: "/b"}}
+          route: [{destination: {host: shadow}}]
+        """), ["spec.http[0].rewrite.uriRegexRewrite.match: invalid regex: invalid perl operator: (?<= "
+               "(RE2 has no lookaround)"]),
+    ("rewrite-escape", vs("""\
+        - rewrite: {uriRegexRewrite: {match: "/(a)", rewrite: "/\\\\n"}}
+          route: [{destination: {host: shadow}}]
+        """), ["spec.http[0].rewrite.uriRegexRewrite.rewrite: invalid rewrite '\\\\n': only \\0 to \\9 "
+               "(groups) and \\\\ (a backslash) may follow a backslash"]),
+    ("regex-too-large", vs("""\
+        - match: [{authority: {regex: "[^a]{1000}[^b]{1000}[^c]{1000}[^d]{1000}[^e]{1000}"}}]
+          route: [{destination: {host: shadow}}]
+        """), ["spec.http[0].match[0].authority.regex: invalid regex: pattern too large: RE2 program size 40004 "
+               "is over 32768 (Istio's limit for Envoy)"]),
     ("string-match", vs("""\
         - match:
           - uri: {}
@@ -682,7 +697,8 @@ def test_traffic_warnings(tmp_path, case, text, expected):
     build_snapshot(str(tmp_path / "mesh.yaml"))
 
 
-# --- RE2 ------------------------------------------------------------------------------------------------
+# --- RE2 ---------------------------------------------------------------------------------------------
+# control.regex checks patterns with RE2 itself (the data plane compiles them with the same options).
 
 RE2_OK = [
     (r"/api/v[0-9]+/.*", "/api/v2/users", True),
@@ -699,45 +715,86 @@ RE2_OK = [
     (r"a{,2}", "a{,2}", True),  # not a repetition in RE2: literal
     (r"\101", "A", True),  # three-digit octal
     (r"prefix.*", "prefix-and-more", True),
+    (r"\pL+", "ça", True),  # Unicode classes (UTF-8, as Envoy)
+    (r"\Qa.b\E", "a.b", True),
+    (r"\Qa.b\E", "axb", False),
+    (r"(?U)a+", "aaa", True),
+    (r"(a+)+b", "a" * 100, False),
 ]
 
 RE2_REJECTED = [
-    (r"(a)\1", "backreference \\1 is not supported (RE2 syntax)"),
-    (r"(?P<x>a)(?P=x)", "backreference (?P= is not supported (RE2 syntax)"),
-    (r"\k<x>", "backreference \\k is not supported (RE2 syntax)"),
-    (r"a(?=b)", "lookahead (?= is not supported (RE2 syntax)"),
-    (r"a(?!b)", "lookahead (?! is not supported (RE2 syntax)"),
-    (r"(?<=a)b", "lookbehind (?<= is not supported (RE2 syntax)"),
-    (r"(?<!a)b", "lookbehind (?<! is not supported (RE2 syntax)"),
-    (r"a*+", "possessive quantifier *+ is not supported (RE2 syntax)"),
-    (r"a{2}+", "possessive quantifier {2}+ is not supported (RE2 syntax)"),
-    (r"(?>a+)", "atomic group (?> is not supported (RE2 syntax)"),
-    (r"a\Z", "\\Z is not supported (RE2 syntax: use \\z or $)"),
-    (r"(a)?(?(1)b|c)", "conditional (?( is not supported (RE2 syntax)"),
-    (r"a(?#c)", "comment (?# is not supported (RE2 syntax)"),
-    (r"a**", "bad repetition operator ** (RE2 syntax)"),
-    (r"a{1001}", "bad repetition operator {1001}: at most 1000 (RE2 limit)"),
-    (r"(?x)a", "flag x is not supported (RE2 flags: i, m, s, U)"),
-    (r"(?U)a", "flag U (ungreedy) is not supported yet"),
-    (r"\pL", "\\p is not supported yet"),
-    (r"a(", "missing ), unterminated subpattern"),
-    (r"a)", "unbalanced ) at position 1"),
-    (r"[a", "missing ], unterminated character class at position 0"),
-    (r"*a", "nothing to repeat at position 0"),
+    (r"(a)\1", "invalid escape sequence: \\1 (RE2 has no backreferences)"),
+    (r"(?P<x>a)(?P=x)", "invalid perl operator: (?P (RE2 has no backreferences)"),
+    (r"\k<x>", "invalid escape sequence: \\k (RE2 has no backreferences)"),
+    (r"a(?=b)", "invalid perl operator: (?= (RE2 has no lookaround)"),
+    (r"a(?!b)", "invalid perl operator: (?! (RE2 has no lookaround)"),
+    (r"(?<=a)b", "invalid perl operator: (?<= (RE2 has no lookaround)"),
+    (r"(?<!a)b", "invalid perl operator: (?<! (RE2 has no lookaround)"),
+    (r"a*+", "bad repetition operator: *+ (RE2 has no possessive quantifiers)"),
+    (r"a{2}+", "bad repetition operator: {2}+ (RE2 has no possessive quantifiers)"),
+    (r"(?>a+)", "invalid perl operator: (?> (RE2 has no atomic groups)"),
+    (r"a\Z", "invalid escape sequence: \\Z (use \\z or $)"),
+    (r"(a)?(?(1)b|c)", "invalid perl operator: (?("),
+    (r"a(?#c)", "invalid perl operator: (?#"),
+    (r"a**", "bad repetition operator: **"),
+    (r"a{1001}", "invalid repetition size: {1001}"),
+    (r"(?x)a", "invalid perl operator: (?x"),
+    (r"a(", "missing ): a("),
+    (r"a)", "unexpected ): a)"),
+    (r"[a", "missing ]: [a"),
+    (r"*a", "no argument for repetition operator: *"),
+    ("[^a]{1000}" * 5, "pattern too large: RE2 program size 40004 is over 32768 (Istio's limit for Envoy)"),
+    (r"\pL{1000}", "pattern too large - compile failed"),  # over RE2's memory budget (8 MiB)
 ]
 
 
 @pytest.mark.parametrize("pattern,text,matches", RE2_OK)
 def test_re2_accepts(pattern, text, matches):
-    assert re2.check(pattern) is None
-    assert bool(re2.compile(pattern).fullmatch(text)) is matches
+    assert regex.check(pattern) is None
+    assert bool(regex.compile(pattern).fullmatch(text.encode())) is matches
 
 
 @pytest.mark.parametrize("pattern,reason", RE2_REJECTED)
 def test_re2_rejects(pattern, reason):
-    assert re2.check(pattern) == reason
-    with pytest.raises(re2.RegexError):
-        re2.compile(pattern)
+    assert regex.check(pattern) == reason
+    with pytest.raises(regex.RegexError):
+        regex.compile(pattern)
+
+
+@pytest.mark.parametrize("rewrite,groups,reason", [
+    ("/\\1/\\2", 2, None),
+    ("/\\0-\\\\", 0, None),
+    ("/\\10", 1, None),  # \\1 then "0" (RE2 reads one digit)
+    ("/\\2", 1, "\\2 refers to a group the match does not have (1)"),
+    ("/\\n", 1, "invalid rewrite '\\\\n': only \\0 to \\9 (groups) and \\\\ (a backslash) may follow a backslash"),
+    ("/x\\", 1, "invalid rewrite trailing backslash: only \\0 to \\9 (groups) and \\\\ (a backslash) may follow "
+     "a backslash"),
+])
+def test_re2_rewrite_strings(rewrite, groups, reason):
+    assert regex.check_rewrite(rewrite, groups) == reason
+
+
+
+def test_validate_refuses_non_re2_regex_naming_the_field(tmp_path, capsys):
+    """``meshproxy validate``: a backreference (valid for Python's re, not for RE2) is an error on
+    the field that holds it, with RE2's reason, and exit status 1."""
+    from meshproxy.cli import main
+
+    write(tmp_path, SERVICES + vs("""\
+        - match: [{headers: {x-user: {regex: "(a)\\\\1"}}}]
+          route: [{destination: {host: shadow}}]
+        - rewrite: {uriRegexRewrite: {match: "/(?=x)", rewrite: "/"}}
+          route: [{destination: {host: shadow}}]
+        """))
+    path = str(tmp_path / "mesh.yaml")
+    assert main(["validate", path]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"{path}: VirtualService default/vs: spec.http[0].match[0].headers.x-user.regex: invalid regex: "
+        "invalid escape sequence: \\1 (RE2 has no backreferences)",
+        f"{path}: VirtualService default/vs: spec.http[1].rewrite.uriRegexRewrite.match: invalid regex: "
+        "invalid perl operator: (?= (RE2 has no lookaround)",
+    ]
 
 
 # --- timeouts and retries ------------------------------------------------------------------------

@@ -7,7 +7,6 @@ too and are not supported yet: a document of one of them is an error, never sile
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Optional
 
 from control.config.schema import (DNS1123_SUBDOMAIN, LABELS, NOT_USED, AnyValue, Bool, Duration, Enum, Field,
@@ -330,14 +329,16 @@ def _check_http_route(spec: dict, path: str, rep: Reporter) -> None:
             rep.issue(f"{join(path, 'route')}[{len(routes) - 1}].weight",
                       f"weights must sum to 100, got {total}")
     rw = spec.get("rewrite", {}).get("uriRegexRewrite")
-    if rw:
-        from control import re2
+    if rw and isinstance(rw.get("match"), str) and isinstance(rw.get("rewrite"), str):
+        from control import regex
 
-        groups = re2.compile(rw["match"]).groups
-        for m in re.finditer(r"\\(\d+)", rw["rewrite"]):
-            if int(m.group(1)) > groups:
-                rep.issue(join(path, "rewrite.uriRegexRewrite.rewrite"),
-                          f"\\{m.group(1)} refers to a group the match does not have ({groups})")
+        try:
+            groups = regex.compile(rw["match"]).groups
+        except regex.RegexError:
+            return  # reported on rewrite.uriRegexRewrite.match
+        msg = regex.check_rewrite(rw["rewrite"], groups)
+        if msg:
+            rep.issue(join(path, "rewrite.uriRegexRewrite.rewrite"), msg)
 
 
 #: Envoy's retry conditions (x-envoy-retry-on) and gRPC's (x-envoy-retry-grpc-on), as Istio's

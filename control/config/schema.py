@@ -363,9 +363,10 @@ def host_name(value: str) -> Optional[str]:
 
 
 def regex(value: str) -> Optional[str]:
-    from control import re2
+    """An RE2 pattern (Istio's StringMatch.regex, uriRegexRewrite.match), checked by RE2."""
+    from control import regex as re2_check
 
-    msg = re2.check(value)
+    msg = re2_check.check(value)
     return f"invalid regex: {msg}" if msg else None
 
 

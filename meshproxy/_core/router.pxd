@@ -10,6 +10,7 @@ from meshproxy._core.http1 cimport RequestParser as CRequestParser
 
 cdef int M_EXACT, M_PREFIX, M_REGEX
 cdef object _MISSING
+cdef object _ANCHOR_BOTH, _UNANCHORED
 
 
 @cython.final
@@ -19,6 +20,7 @@ cdef class Matcher:
     cdef public bint ignore_case
     cdef public bytes value
     cdef public object regex
+    cdef public object raw_match
 
     cpdef bint test(self, bytes v)
 
@@ -108,6 +110,7 @@ cdef class RouteEntry:
     cdef public tuple local_filters
     cdef public RetryRule retry
     cdef public object rewrite_uri, rewrite_authority, rewrite_regex, rewrite_regex_sub
+    cdef public object rewrite_regex_raw
 
     @cython.locals(b=MatchBlock)
     cpdef object first_match(self, RequestView req)

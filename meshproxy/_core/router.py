@@ -17,10 +17,17 @@ sidecar).
 Per request the engine builds one ``RequestView`` over the parsed head; it fetches the path, a
 header value or the query string only when a condition needs it, once. Conditions are ordered
 cheapest first inside a block (method, authority, uri, headers, query), and regexes were compiled
-at config time (RE2 syntax, validated by control; full-match semantics as in Envoy).
+at config time.
+
+Regexes are RE2 (the ``google-re2`` binding), compiled as Envoy compiles them: UTF-8 mode over the
+raw bytes of the request, full match for StringMatch ``regex``, RE2::GlobalReplace for
+``uriRegexRewrite``. RE2 never backtracks, so a match costs time linear in the value whatever the
+pattern and the input (``(a+)+b`` against 60 KiB of ``a`` is a fraction of a millisecond).
+``control.regex`` validates the same patterns with the same options.
 """
-import re
 from random import random as _random
+
+import re2 as _re2
 
 from control.snapshot import RetryPolicy
 
@@ -32,6 +39,36 @@ M_REGEX = 2
 
 _KINDS = {"exact": M_EXACT, "prefix": M_PREFIX, "regex": M_REGEX}
 _MISSING = object()
+
+try:  # the binding's C++ object: one call per match, no generator nor Match object
+    from re2 import _re2 as _re2_ext
+    _ANCHOR_BOTH = _re2_ext.RE2.Anchor.ANCHOR_BOTH
+    _UNANCHORED = _re2_ext.RE2.Anchor.UNANCHORED
+except (ImportError, AttributeError):  # pragma: no cover - another google-re2 layout
+    _ANCHOR_BOTH = _UNANCHORED = None
+
+
+def compile_regex(pattern, ignore_case=False, capture=True):
+    """An RE2 pattern (str) compiled as Envoy does: UTF-8, case-insensitive on request.
+
+    ``capture=False`` for a yes/no match: RE2 then answers from its DFA alone, where groups would
+    make it run its NFA over the whole value for their positions (0.2 ms instead of 30 ms for
+    ``(a+)+b`` against 60,000 bytes that match)."""
+    o = _re2.Options()
+    o.log_errors = False
+    if ignore_case:
+        o.case_sensitive = False
+    if not capture:
+        o.never_capture = True
+    return _re2.compile(pattern.encode("utf-8"), o)
+
+
+def raw_match(rx):
+    """``rx``'s C++ ``Match(anchor, text, pos, endpos) -> spans`` or None (use the public API)."""
+    if _ANCHOR_BOTH is None:
+        return None  # pragma: no cover
+    raw = getattr(rx, "_regexp", None)
+    return getattr(raw, "Match", None)
 
 
 class Matcher:
@@ -45,8 +82,8 @@ class Matcher:
         if ignore_case and self.kind != M_REGEX:
             v = v.lower()
         self.value = v
-        self.regex = re.compile(v, re.IGNORECASE if ignore_case else 0) \
-            if self.kind == M_REGEX else None
+        self.regex = compile_regex(value, ignore_case, False) if self.kind == M_REGEX else None
+        self.raw_match = raw_match(self.regex) if self.kind == M_REGEX else None
 
     def test(self, v):
         kind = self.kind
@@ -54,6 +91,9 @@ class Matcher:
             return v == self.value
         if kind == M_PREFIX:
             return v.startswith(self.value)
+        m = self.raw_match
+        if m is not None:
+            return m(_ANCHOR_BOTH, v, 0, len(v))[0][0] >= 0
         return self.regex.fullmatch(v) is not None
 
     def describe(self):
@@ -444,10 +484,12 @@ class RouteEntry:
         self.rewrite_uri = rw.uri.encode("utf-8") if rw is not None and rw.uri else None
         self.rewrite_authority = rw.authority.encode("latin-1") \
             if rw is not None and rw.authority else None
-        self.rewrite_regex = re.compile(rw.uri_regex.encode("utf-8")) \
+        self.rewrite_regex = compile_regex(rw.uri_regex) \
             if rw is not None and rw.uri_regex else None
-        self.rewrite_regex_sub = _re_template(rw.uri_regex_rewrite) \
+        self.rewrite_regex_sub = rewrite_template(rw.uri_regex_rewrite) \
             if rw is not None and rw.uri_regex else None
+        self.rewrite_regex_raw = raw_match(self.rewrite_regex) \
+            if self.rewrite_regex is not None else None
         self.rewrites_path = self.rewrite_uri is not None or self.rewrite_regex is not None
         authority = _authority_edit(self.rewrite_authority) \
             if self.rewrite_authority is not None else None
@@ -539,7 +581,8 @@ class RouteEntry:
         q = path.find(b"?")
         uri, query = (path, b"") if q < 0 else (path[:q], path[q:])
         if self.rewrite_regex is not None:
-            uri = self.rewrite_regex.sub(self.rewrite_regex_sub, uri)
+            uri = global_replace(self.rewrite_regex, self.rewrite_regex_raw, self.rewrite_regex_sub,
+                                 uri)
         elif block is not True and block is not None and block.uri_prefix_len >= 0:
             uri = self.rewrite_uri + uri[block.uri_prefix_len:]
         else:
@@ -791,9 +834,98 @@ def _route_label(e):
     return where + (" %r" % e.name if e.name else "")
 
 
-def _re_template(t):
-    """Envoy's ``\\1`` group references to Python's ``\\g<1>`` (bytes)."""
-    return re.sub(r"\\(\d+)", r"\\g<\1>", t).encode("utf-8")
+def rewrite_template(t):
+    """An RE2 rewrite string (``\\0``-``\\9`` groups, ``\\\\`` a backslash) as a tuple of
+    pieces: bytes (literal text) and ints (group numbers). Control refuses any other escape; one
+    that gets here anyway is kept literally."""
+    out = []
+    lit = bytearray()
+    b = t.encode("utf-8")
+    i, n = 0, len(b)
+    while i < n:
+        c = b[i]
+        if c == 0x5C and i + 1 < n:  # backslash
+            d = b[i + 1]
+            if 0x30 <= d <= 0x39:
+                if lit:
+                    out.append(bytes(lit))
+                    lit = bytearray()
+                out.append(d - 0x30)
+                i += 2
+                continue
+            if d == 0x5C:
+                lit.append(0x5C)
+                i += 2
+                continue
+        lit.append(c)
+        i += 1
+    if lit:
+        out.append(bytes(lit))
+    return tuple(out)
+
+
+def global_replace(rx, raw, pieces, text):
+    """RE2::GlobalReplace(text, rx, rewrite) (Envoy's ``regex_rewrite``): every non-overlapping
+    match, leftmost first, replaced by the rewrite (``pieces`` from ``rewrite_template``); an empty
+    match right after the previous match is skipped (one UTF-8 character copied, or one byte when
+    it is not valid UTF-8). ``text`` unchanged when nothing matches. ``raw``: ``raw_match(rx)``,
+    or None to go through the binding's public API."""
+    out = []
+    p = 0
+    end = len(text)
+    last_end = -1
+    count = 0
+    while p <= end:
+        if raw is not None:
+            spans = raw(_UNANCHORED, text, p, end)
+            if spans[0][0] < 0:
+                break
+        else:
+            m = rx.search(text, p)
+            if m is None:
+                break
+            spans = [m.span(g) for g in range(rx.groups + 1)]
+        s0, e0 = spans[0]
+        if p < s0:
+            out.append(text[p:s0])
+        if s0 == last_end and s0 == e0:
+            n = _rune_len(text, p)
+            out.append(text[p:p + n])
+            p += n
+            continue
+        for piece in pieces:
+            if type(piece) is int:
+                if piece < len(spans):
+                    s, e = spans[piece]
+                    if s >= 0:
+                        out.append(text[s:e])
+            else:
+                out.append(piece)
+        p = e0
+        last_end = e0
+        count += 1
+    if count == 0:
+        return text
+    if p < end:
+        out.append(text[p:])
+    return b"".join(out)
+
+
+def _rune_len(text, p):
+    """Bytes of the valid UTF-8 character at ``text[p]`` (1 when invalid or at the end)."""
+    if p >= len(text):
+        return 1
+    c = text[p]
+    if c < 0x80:
+        return 1
+    n = 2 if 0xC2 <= c <= 0xDF else 3 if 0xE0 <= c <= 0xEF else 4 if 0xF0 <= c <= 0xF4 else 0
+    if n == 0 or p + n > len(text):
+        return 1
+    try:
+        text[p:p + n].decode("utf-8")
+    except UnicodeDecodeError:
+        return 1
+    return n
 
 
 def _s(b):
