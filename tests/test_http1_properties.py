@@ -41,7 +41,7 @@ path = st.lists(st.integers(0x21, 0x7E), max_size=20).map(lambda b: b"/" + bytes
 host = st.sampled_from([b"example.com", b"A.example:8080", b"[::1]", b"x"])
 framing = st.sampled_from([
     [], [b"Content-Length: 5"], [b"Content-Length: 0", b"content-length: 0"], [b"Transfer-Encoding: chunked"],
-    [b"Transfer-Encoding: gzip, chunked"], [b"Connection: close"], [b"Connection: keep-alive"],
+    [b"Transfer-Encoding: Chunked, "], [b"Transfer-Encoding: chunked", b"transfer-encoding: ,"], [b"Connection: close"], [b"Connection: keep-alive"],
     [b"Connection: Upgrade, X-A", b"Upgrade: websocket"], [b"Expect: 100-continue"], [b"TE: trailers"],
     [b"Connection: x-a", b"X-A: 1"],
 ])
