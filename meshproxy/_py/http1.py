@@ -82,6 +82,10 @@ _HEADER_LINE = re.compile(
     rb"(" + _TCHAR + rb"+):[ \t]*((?:" + _VCHAR + rb"+(?:[ \t]+" + _VCHAR + rb"+)*)?)[ \t]*"
 )
 _HEADER_LINE_PREFIX = re.compile(rb"(?:" + _TCHAR + rb"+(?::[\t\x20-\x7e\x80-\xff]*)?)?\r?")
+# A trailer line's prefix: a CR only as the whole (final, empty) line or after the colon (the
+# compiled framer rejects a name followed by CR at once).
+_TRAILER_LINE_PREFIX = re.compile(
+    rb"\r|(?:" + _TCHAR + rb"+(?::[\t\x20-\x7e\x80-\xff]*\r?)?)?")
 # What may follow a valid tail that is already past a header's colon / inside a request target.
 _VALUE_CONT = re.compile(rb"[\t\x20-\x7e\x80-\xff]*\r?")
 _TARGET_CONT = re.compile(rb"[\x21-\x7e]*\r?")
@@ -944,8 +948,8 @@ class ChunkedFramer:
                 raise _bad_size_line(line, 0, size, partial=True)
             self._line_mode = line.find(b";") >= 0
         else:
-            if _HEADER_LINE_PREFIX.fullmatch(line) is None:
-                if line.find(b"\r", 0, size - 1) >= 0:
+            if _TRAILER_LINE_PREFIX.fullmatch(line) is None:
+                if line.find(b"\r", 0, size - 1) >= 0 or line.find(b":") < 0:
                     raise ProtocolError("bare CR in trailer")
                 raise _bad_header_line(line, 0, size, trailer=True)
             self._line_mode = line.find(b":") >= 0
