@@ -97,9 +97,10 @@ REQUEST_CASES = [
     Case("content_length_repeated_same", req(H, b"Content-Length: 5", b"content-length: 5"), ok(content_length=5)),
     Case("chunked", req(H, b"Transfer-Encoding: chunked"), ok(chunked=True)),
     Case("chunked_case_insensitive", req(H, b"Transfer-Encoding: Chunked"), ok(chunked=True)),
-    Case("gzip_then_chunked", req(H, b"Transfer-Encoding: gzip, chunked"), ok(chunked=True)),
-    Case("te_split_over_headers", req(H, b"Transfer-Encoding: gzip", b"Transfer-Encoding: chunked"), ok(chunked=True)),
-    Case("te_identity_chunked", req(H, b"Transfer-Encoding: identity ,chunked"), ok(chunked=True)),
+    Case("te_leading_empty_element", req(H, b"Transfer-Encoding: ,chunked"), ok(chunked=True)),
+    Case("te_trailing_empty_element", req(H, b"Transfer-Encoding: chunked, "), ok(chunked=True)),
+    Case("te_chunked_then_empty_line", req(H, b"Transfer-Encoding: chunked", b"Transfer-Encoding: "), ok(chunked=True)),
+    Case("te_upper_case", req(H, b"Transfer-Encoding: CHUNKED"), ok(chunked=True)),
     Case("expect_continue", req(H, b"Expect: 100-Continue", b"Content-Length: 3"),
          ok(expect_continue=True, content_length=3)),
     Case("upgrade_websocket", req(H, b"Connection: Upgrade", b"Upgrade: WebSocket"), ok(upgrade=b"websocket")),
@@ -121,10 +122,20 @@ REQUEST_CASES = [
     Case("cl_hex", req(H, b"Content-Length: 0x5"), 400),
     Case("cl_empty", req(H, b"Content-Length:"), 400),
     Case("cl_19_digits", req(H, b"Content-Length: 1000000000000000000"), 400),
-    Case("te_not_last_chunked", req(H, b"Transfer-Encoding: chunked, gzip"), 400),
-    Case("te_gzip_only", req(H, b"Transfer-Encoding: gzip"), 400),
-    Case("te_unknown_coding", req(H, b"Transfer-Encoding: foo, chunked"), 400),
-    Case("te_xchunked", req(H, b"Transfer-Encoding: xchunked"), 400),
+    # a request's Transfer-Encoding must be exactly one "chunked": another coding is 501 (Envoy,
+    # h11), "chunked" twice 400
+    Case("gzip_then_chunked", req(H, b"Transfer-Encoding: gzip, chunked"), 501),
+    Case("te_split_over_headers", req(H, b"Transfer-Encoding: gzip", b"Transfer-Encoding: chunked"), 501),
+    Case("te_identity_chunked", req(H, b"Transfer-Encoding: identity ,chunked"), 501),
+    Case("te_not_last_chunked", req(H, b"Transfer-Encoding: chunked, gzip"), 501),
+    Case("te_gzip_only", req(H, b"Transfer-Encoding: gzip"), 501),
+    Case("te_unknown_coding", req(H, b"Transfer-Encoding: foo, chunked"), 501),
+    Case("te_xchunked", req(H, b"Transfer-Encoding: xchunked"), 501),
+    Case("te_chunked_param", req(H, b"Transfer-Encoding: chunked;q=1"), 501),
+    Case("te_chunked_space_junk", req(H, b"Transfer-Encoding: chunked x"), 501),
+    Case("te_twice_then_gzip", req(H, b"Transfer-Encoding: chunked, chunked, gzip"), 400),
+    Case("te_only_commas", req(H, b"Transfer-Encoding: , ,"), 400),
+    Case("absolute_userinfo", req(H, first=b"GET http://user@example.com/ HTTP/1.1"), 400),
     Case("te_chunked_twice", req(H, b"Transfer-Encoding: chunked, chunked"), 400),
     Case("te_chunked_twice_headers", req(H, b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked"), 400),
     Case("te_empty", req(H, b"Transfer-Encoding: "), 400),
@@ -282,7 +293,8 @@ CHUNKED_CASES = [
 _H11_LIMITS = "h11 has no request-line, header-count or head-size limit of its own (only max_incomplete_event_size)"
 _H11_TARGET = "h11 does not check the request-target form (RFC 9112 section 3.2)"
 _H11_HOST = "h11 does not check the characters of Host"
-_H11_TE = "h11 implements only Transfer-Encoding: chunked (answers 501 to any other coding)"
+_H11_TE_LIST = ("h11 takes Transfer-Encoding as one line whose whole value is 'chunked'; we read the "
+                "lines as one list and ignore empty elements (RFC 9110 section 5.6.1.2)")
 _H11_CTL = "h11 accepts control bytes other than NUL, CR and LF in field values"
 _H11_LF = "h11 accepts a bare LF as a line ending; we reject it (request-smuggling vector)"
 _H11_FOLD = "h11 unfolds obs-fold lines; RFC 9112 section 5.2 lets a recipient reject them, we do"
@@ -296,9 +308,11 @@ DIVERGENCES = {
     "eight_leading_crlf": _H11_LEADING,
     "chunked_case_insensitive": "h11 lowercases the Transfer-Encoding value it reports; we keep header bytes as sent",
     "content_length_repeated_same": "h11 collapses equal repeated Content-Length headers into one; we keep every line",
-    "gzip_then_chunked": _H11_TE,
-    "te_split_over_headers": _H11_TE,
-    "te_identity_chunked": _H11_TE,
+    "te_leading_empty_element": _H11_TE_LIST,
+    "te_trailing_empty_element": _H11_TE_LIST,
+    "te_chunked_then_empty_line": _H11_TE_LIST,
+    "te_upper_case": "h11 lowercases the Transfer-Encoding value it reports; we keep header bytes as sent",
+    "absolute_userinfo": _H11_TARGET,
     "cl_and_te": _H11_CLTE,
     "te_and_cl": _H11_CLTE,
     "cl_comma_same": "h11 accepts a comma list of equal Content-Length values; we reject any comma list",

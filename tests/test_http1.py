@@ -157,7 +157,7 @@ def test_serialize_drops_hop_by_hop(http1):
     assert parser.parse(raw) == len(raw)
     assert parser.upgrade is None
     assert parser.serialize() == (
-        b"GET /p?q HTTP/1.1\r\nHost: a.example\r\nX-Kept: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"GET /p?q HTTP/1.1\r\nHost: a.example\r\nX-Kept: 1\r\ntransfer-encoding: chunked\r\n\r\n"
     )
 
 
@@ -179,9 +179,10 @@ def test_serialize_extra_path_case_version(http1):
     parser = http1.RequestParser()
     raw = b"POST HTTP://Example.com/a HTTP/1.0\r\nhOsT: Example.com\r\nX-MiXeD: V\r\nContent-Length: 0\r\n\r\n"
     assert parser.parse(bytearray(raw)) == len(raw)
-    assert parser.serialize() == b"POST /a HTTP/1.0\r\nhOsT: Example.com\r\nX-MiXeD: V\r\nContent-Length: 0\r\n\r\n"
+    # absolute-form: the Host line is replaced by the target's authority (lowercased)
+    assert parser.serialize() == b"POST /a HTTP/1.0\r\nX-MiXeD: V\r\nContent-Length: 0\r\nhost: example.com\r\n\r\n"
     assert parser.serialize(b"X-A: 1\r\nX-B: 2\r\n", path=b"/rewritten?x") == (
-        b"POST /rewritten?x HTTP/1.0\r\nhOsT: Example.com\r\nX-MiXeD: V\r\nContent-Length: 0\r\n"
+        b"POST /rewritten?x HTTP/1.0\r\nX-MiXeD: V\r\nContent-Length: 0\r\nhost: example.com\r\n"
         b"X-A: 1\r\nX-B: 2\r\n\r\n"
     )
 
@@ -388,3 +389,131 @@ def test_request_id(http1):
         assert type(rid) is bytes and len(rid) == 36
         assert UUID4.fullmatch(rid), rid
     assert len(set(ids)) == len(ids)
+
+
+# --- framing defects (each test failed on the code before the fix) ----------------------------
+def test_absolute_form_replaces_host(http1):
+    """Defect 1: RFC 9112 section 3.2.2: an absolute-form target's authority replaces Host; the
+    request is forwarded in origin form with a single Host line."""
+    parser = http1.RequestParser()
+    raw = (b"GET http://echo.default.svc.cluster.local/x?y=1 HTTP/1.1\r\n"
+           b"Host: internal-admin.example\r\nX-A: 1\r\n\r\n")
+    assert parser.parse(raw) == len(raw)
+    assert parser.host == b"echo.default.svc.cluster.local"
+    assert parser.path == b"/x?y=1"
+    out = parser.serialize(b"x-extra: 1\r\n")
+    assert out == (b"GET /x?y=1 HTTP/1.1\r\nX-A: 1\r\nhost: echo.default.svc.cluster.local\r\n"
+                   b"x-extra: 1\r\n\r\n")
+    assert b"internal-admin" not in out
+    # a route that rewrites the authority drops host and adds its own: one Host line still
+    out = parser.serialize(b"host: rewritten\r\n", None, (b"host",))
+    assert out == b"GET /x?y=1 HTTP/1.1\r\nX-A: 1\r\nhost: rewritten\r\n\r\n"
+
+
+@pytest.mark.parametrize("te_lines", [
+    [b"Chunked"], [b"CHUNKED"], [b",chunked"], [b"chunked,"], [b" , chunked ,, "],
+    [b"chunked", b""], [b"", b"chunked"],
+], ids=["Chunked", "CHUNKED", "leading-comma", "trailing-comma", "empty-elements", "then-empty",
+        "empty-then"])
+def test_transfer_encoding_forwarded_canonical(http1, te_lines):
+    """Defect 2: whatever the client wrote, one canonical ``transfer-encoding: chunked``."""
+    parser = http1.RequestParser()
+    raw = (b"POST /u HTTP/1.1\r\nHost: a\r\n"
+           + b"".join(b"Transfer-Encoding: " + v + b"\r\n" for v in te_lines)
+           + b"X-After: 1\r\n\r\n")
+    assert parser.parse(raw) == len(raw)
+    assert parser.chunked
+    assert parser.serialize() == (b"POST /u HTTP/1.1\r\nHost: a\r\nX-After: 1\r\n"
+                                  b"transfer-encoding: chunked\r\n\r\n")
+
+
+@pytest.mark.parametrize("te_lines,hint", [
+    ([b"identity, chunked"], 501), ([b"gzip, chunked"], 501), ([b"gzip"], 501),
+    ([b"gzip", b"chunked"], 501), ([b"chunked", b"gzip"], 501), ([b"chunked, identity"], 501),
+    ([b"chunked;ext=1"], 501), ([b"x-chunked"], 501), ([b"chunked", b"chunked"], 400),
+    ([b"chunked, chunked"], 400), ([b""], 400), ([b","], 400),
+])
+def test_transfer_encoding_rejected(http1, te_lines, hint):
+    """Defect 2: a request's codings must come to exactly one chunked (501 for another coding,
+    as Envoy; 400 for chunked twice or an empty list)."""
+    raw = (b"POST /u HTTP/1.1\r\nHost: a\r\n"
+           + b"".join(b"Transfer-Encoding: " + v + b"\r\n" for v in te_lines) + b"\r\n")
+    assert parse_whole(http1.RequestParser(), raw) == ("reject", hint)
+    assert parse_bytewise(http1.RequestParser(), raw) == ("reject", hint)
+
+
+def test_response_transfer_encoding_unchanged(http1):
+    """Responses keep their codings (the proxy does not decode): gzip, chunked is forwarded."""
+    parser = http1.ResponseParser()
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+    assert parser.parse(raw) == len(raw) and parser.chunked
+    assert parser.serialize() == raw
+
+
+@pytest.mark.parametrize("n", [1, 16, 17, 40, 90])
+def test_every_connection_token_is_hop_by_hop(http1, n):
+    """Defect 4: the compiled parser honoured only the first 16 Connection tokens."""
+    names = [b"X-Hop-%d" % i for i in range(n)]
+    raw = (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: " + b", ".join(names) + b"\r\n"
+           + b"".join(name + b": v\r\n" for name in names) + b"X-Kept: 1\r\n\r\n")
+    parser = http1.RequestParser(max_headers=256)
+    assert parser.parse(raw) == len(raw)
+    assert parser.serialize() == b"GET / HTTP/1.1\r\nHost: a\r\nX-Kept: 1\r\n\r\n"
+    # several Connection lines too
+    raw = (b"GET / HTTP/1.1\r\nHost: a\r\n"
+           + b"".join(b"Connection: " + name + b"\r\n" for name in names)
+           + b"".join(name.lower() + b": v\r\n" for name in names) + b"X-Kept: 1\r\n\r\n")
+    assert parser.parse(raw) == len(raw)
+    assert parser.serialize() == b"GET / HTTP/1.1\r\nHost: a\r\nX-Kept: 1\r\n\r\n"
+
+
+def forward_chunked(framer, raw, cuts):
+    """What a codec forwards for ``raw`` fed in pieces split at ``cuts``: per feed the bytes up
+    to ``held``, then the rewritten trailer section once done."""
+    out = b""
+    bounds = [0] + sorted(cuts) + [len(raw)]
+    for a, b in zip(bounds, bounds[1:]):
+        buf = raw[a:b]
+        k = framer.feed(buf, 0, len(buf))
+        assert 0 <= framer.held <= k
+        out += buf[:k - framer.held]
+        if framer.done:
+            t = framer.trailers()
+            if t is not None:
+                out += t
+            break
+    return out
+
+
+TRAILER_BODY = (b"5\r\nhello\r\n0\r\nX-Sum: abc\r\nTransfer-Encoding: chunked\r\n"
+                b"content-length: 5\r\nHost: evil\r\nAuthorization: Bearer x\r\n"
+                b"Cookie: a=b\r\nX-Other: d\r\nProxy-Authorization: y\r\n\r\n")
+TRAILER_FORWARDED = b"5\r\nhello\r\n0\r\nX-Sum: abc\r\nX-Other: d\r\n\r\n"
+
+
+def test_forbidden_trailers_dropped(http1):
+    """Defect 5: framing, routing and authentication fields are dropped from trailers, whole,
+    byte by byte and at every split."""
+    raw = TRAILER_BODY
+    assert forward_chunked(http1.ChunkedFramer(), raw, []) == TRAILER_FORWARDED
+    assert forward_chunked(http1.ChunkedFramer(), raw, range(1, len(raw))) == TRAILER_FORWARDED
+    for k in range(len(raw) + 1):
+        assert forward_chunked(http1.ChunkedFramer(), raw, [k]) == TRAILER_FORWARDED, k
+
+
+@pytest.mark.parametrize("raw", [b"0\r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n",
+                                 b"3;x=1\r\nabc\r\n0;y\r\n\r\n",
+                                 b"0\r\nX-Sum: abc\r\n\r\n"])
+def test_allowed_trailers_forwarded_as_is(http1, raw):
+    assert forward_chunked(http1.ChunkedFramer(), raw, []) == raw
+    for k in range(len(raw) + 1):
+        assert forward_chunked(http1.ChunkedFramer(), raw, [k]) == raw, k
+    assert forward_chunked(http1.ChunkedFramer(), raw, range(1, len(raw))) == raw
+
+
+def test_no_trailers_zero_copy(http1):
+    """A body without trailers in one feed: nothing held, nothing rewritten (zero copy)."""
+    framer = http1.ChunkedFramer()
+    body = b"5\r\nhello\r\n0\r\n\r\n"
+    assert framer.feed(body, 0, len(body)) == len(body) and framer.done
+    assert framer.held == 0 and framer.trailers() is None

@@ -8,6 +8,7 @@
 
 ``http1`` is each build's module in turn and ``twins`` both at once (tests/conftest.py).
 """
+import h11
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +32,7 @@ path = st.lists(st.integers(0x21, 0x7E), max_size=20).map(lambda b: b"/" + bytes
 host = st.sampled_from([b"example.com", b"A.example:8080", b"[::1]", b"x"])
 framing = st.sampled_from([
     [], [b"Content-Length: 5"], [b"Content-Length: 0", b"content-length: 0"], [b"Transfer-Encoding: chunked"],
-    [b"Transfer-Encoding: gzip, chunked"], [b"Connection: close"], [b"Connection: keep-alive"],
+    [b"Transfer-Encoding: Chunked, "], [b"Transfer-Encoding: chunked", b"transfer-encoding: ,"], [b"Connection: close"], [b"Connection: keep-alive"],
     [b"Connection: Upgrade, X-A", b"Upgrade: websocket"], [b"Expect: 100-continue"], [b"TE: trailers"],
     [b"Connection: x-a", b"X-A: 1"],
 ])
@@ -245,3 +246,152 @@ def test_twins_agree_on_chunked(twins, raw, cuts):
     cuts = [c for c in cuts if c <= len(raw)]
     py, c = twins.py.http1, twins.c.http1
     assert framer_outcome(py.ChunkedFramer(), raw, cuts) == framer_outcome(c.ChunkedFramer(), raw, cuts)
+
+
+# --- the twins agree on what is forwarded ---------------------------------------------------------
+def forwarded_body(framer, raw, cuts):
+    """What a codec forwards for ``raw`` fed in pieces: per feed the bytes before ``held``, then
+    the rewritten trailer section once done; or the rejection."""
+    out = b""
+    prev = 0
+    try:
+        for end in sorted(set(cuts)) + [len(raw)]:
+            k = framer.feed(raw, prev, end)
+            assert 0 <= framer.held <= k
+            out += raw[prev:prev + k - framer.held]
+            if framer.done:
+                t = framer.trailers()
+                return ("done", prev + k, out + (t if t is not None else b""))
+            prev = end
+    except ProtocolError as exc:
+        return ("reject", exc.status_hint)
+    return ("more", out)
+
+
+@MEDIUM
+@given(raw=any_request, extra=st.sampled_from([b"", b"x-e: 1\r\n", b"host: rewritten\r\n"]))
+def test_twins_agree_on_serialized_heads(twins, raw, extra):
+    raw += b"\r\n\r\n"
+    out = []
+    for mod in (twins.py.http1, twins.c.http1):
+        p = mod.RequestParser()
+        try:
+            n = p.parse(raw)
+        except ProtocolError as exc:
+            out.append(("reject", exc.status_hint))
+            continue
+        if not n:
+            out.append(("incomplete",))
+            continue
+        out.append(("accept", p.serialize(extra), p.serialize(extra, b"/p", (b"host", b"x-a")),
+                    p.serialize(extra, None, (b"transfer-encoding",))))
+    if _settled(*out):
+        assert out[0] == out[1]
+
+
+@MEDIUM
+@given(raw=any_chunked, cuts=st.lists(st.integers(0, 100), max_size=3))
+def test_twins_agree_on_forwarded_bodies(twins, raw, cuts):
+    cuts = [c for c in cuts if c <= len(raw)]
+    assert forwarded_body(twins.py.http1.ChunkedFramer(), raw, cuts) == \
+        forwarded_body(twins.c.http1.ChunkedFramer(), raw, cuts)
+
+
+# --- differential against h11 (the oracle) ------------------------------------------------------
+def h11_request(raw):
+    """h11's view of a request head: (method, target, [(name, value)]) or None (rejected)."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 20)
+    try:
+        conn.receive_data(raw)
+        event = conn.next_event()
+    except h11.RemoteProtocolError:
+        return None
+    if not isinstance(event, h11.Request):
+        return "incomplete"
+    return event
+
+
+def h11_divergence(raw):
+    """Whether ``raw`` falls in a documented divergence class (docs/http1-divergences.md) for
+    which h11 rejects what we accept: leading empty lines, a Transfer-Encoding list that is not
+    one line reading exactly "chunked", a repeated Content-Length."""
+    if raw.startswith(b"\r\n"):
+        return True
+    lines = raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+    te = [ln.partition(b":")[2].strip(b" \t").lower() for ln in lines
+          if ln.partition(b":")[0].lower() == b"transfer-encoding"]
+    cl = [ln for ln in lines if ln.partition(b":")[0].lower() == b"content-length"]
+    return (te and te != [b"chunked"]) or len(cl) > 1
+
+
+@MEDIUM
+@given(raw=valid_request())
+def test_h11_agrees_on_generated_requests(http1, raw):
+    """Generated valid heads: both twins and h11 accept, with the same method, target and
+    headers (h11 lowercases a Transfer-Encoding value), unless a documented divergence."""
+    p = http1.RequestParser()
+    assert p.parse(raw) == len(raw)
+    event = h11_request(raw)
+    if h11_divergence(raw):
+        return
+    assert event is not None and event != "incomplete", raw
+    ours = [(n, v.lower() if n.lower() == b"transfer-encoding" else v) for n, v in p.headers()]
+    assert (event.method, event.target, list(event.headers.raw_items())) == (p.method, p.target, ours)
+
+
+@MEDIUM
+@given(raw=mutated(valid_request()))
+def test_we_are_stricter_than_h11(http1, raw):
+    """Arbitrary heads: whatever we accept, h11 accepts too (we are the stricter side), unless a
+    documented divergence; and then it reads the same method and target."""
+    raw += b"\r\n\r\n"
+    p = http1.RequestParser()
+    try:
+        n = p.parse(raw)
+    except ProtocolError:
+        return
+    if not n or h11_divergence(raw[:n]):
+        return
+    event = h11_request(raw[:n])
+    assert event is not None and event != "incomplete", raw
+    assert (event.method, event.target) == (p.method, p.target)
+
+
+def h11_body(raw):
+    """h11 reading ``raw`` as a chunked request body byte by byte: ("done", body bytes consumed,
+    data, trailers) or ("reject",) or ("more",)."""
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(head)
+    assert isinstance(conn.next_event(), h11.Request)
+    data = b""
+    try:
+        for i in range(len(raw)):
+            conn.receive_data(raw[i:i + 1])
+            while True:
+                ev = conn.next_event()
+                if ev is h11.NEED_DATA:
+                    break
+                if isinstance(ev, h11.Data):
+                    data += ev.data
+                elif isinstance(ev, h11.EndOfMessage):
+                    return ("done", i + 1, data, [(n.lower(), v) for n, v in ev.headers.raw_items()])
+    except h11.RemoteProtocolError:
+        return ("reject",)
+    return ("more",)
+
+
+@MEDIUM
+@given(raw=chunked_body() | mutated(chunked_body()))
+def test_framer_byte_by_byte_against_h11(http1, raw):
+    """The chunked framer fed byte by byte against h11: a body we accept, h11 accepts, ending at
+    the same byte; what we forward, read by h11, is the same data with h11's trailers minus the
+    forbidden fields. (h11 is laxer, e.g. whitespace after a chunk size: checked one way only.)"""
+    ours = forwarded_body(http1.ChunkedFramer(), raw, range(1, len(raw)))
+    if ours[0] != "done":
+        return
+    theirs = h11_body(raw)
+    assert theirs[0] == "done" and theirs[1] == ours[1], (raw, theirs, ours)
+    again = h11_body(ours[2])
+    assert again[0] == "done" and again[2] == theirs[2]
+    assert again[3] == [(n, v) for n, v in theirs[3] if n not in http1.TRAILER_FORBIDDEN]

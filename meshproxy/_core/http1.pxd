@@ -15,9 +15,6 @@ ctypedef struct HeaderLine:
     bint drop               # hop-by-hop: not forwarded
     bint skip               # named in serialize()'s ``drop`` argument (reset after each call)
 
-cdef enum:
-    MAX_CONN_TOKENS = 16
-
 
 cdef class _HeadParser:
     cdef:
@@ -39,9 +36,8 @@ cdef class _HeadParser:
         HeaderLine *_hdrs
         Py_ssize_t _cap           # entries allocated in _hdrs (grows up to max_headers)
         Py_ssize_t _nhdrs
-        # Connection tokens that name other headers (hop-by-hop by listing)
-        Py_ssize_t _ctok_start[MAX_CONN_TOKENS]
-        Py_ssize_t _ctok_end[MAX_CONN_TOKENS]
+        # Connection tokens that name other headers (hop-by-hop by listing): how many; the
+        # names are re-read from the Connection lines at the end of the head (no limit)
         int _nctok
         # interpretation
         int _host_idx
@@ -53,6 +49,8 @@ cdef class _HeadParser:
         int _te_chunked_count
         bint _te_last_chunked
         bint _te_empty
+        int _te_bad               # requests: first Transfer-Encoding fault (0, 400 or 501)
+        int _te_elems             # requests: non-empty Transfer-Encoding list elements
         bint _cl_seen
         long long _cl
         bint _expect_continue
@@ -74,6 +72,8 @@ cdef class _HeadParser:
     cdef int _interpret(self, HeaderLine *h) except -1
     cdef int _coding(self, const char *c, Py_ssize_t n) except -1
     cdef int _connection_tokens(self, Py_ssize_t vs, Py_ssize_t ve) except -1
+    cdef int _request_codings(self, Py_ssize_t vs, Py_ssize_t ve) except -1
+    cdef int _drop_listed(self, Py_ssize_t vs, Py_ssize_t ve) noexcept
     # end-of-head rules
     cdef int _finish(self) except -1
     cdef int _common_finish(self) except -1
@@ -88,7 +88,7 @@ cdef class _HeadParser:
     cpdef bint has(self, bytes name)
     cpdef object get_all(self, bytes name)
     cdef char *_copy_kept(self, char *o) noexcept
-    cdef char *_finish_head(self, char *o, bint skipped, bint up, bytes extra,
+    cdef char *_finish_head(self, char *o, bint skipped, bint up, bytes pre, bytes extra,
                             Py_ssize_t elen) noexcept
     cdef int _mark_skip(self, tuple drop) except -1
     cdef void _clear_skip(self) noexcept
@@ -117,6 +117,7 @@ cdef class RequestParser(_HeadParser):
     cpdef Py_ssize_t parse(self, object buf, Py_ssize_t start=*) except -1
     cpdef bytes serialize(self, bytes extra=*, object path=*, tuple drop=*)
     cpdef bytes uri(self)
+    cdef bytes _fixed_lines(self, tuple drop)
     cdef int _target_form(self) except -1
 
 
@@ -138,9 +139,19 @@ cdef class ChunkedFramer:
         Py_ssize_t _line_len
         Py_ssize_t _trailer_len
         Py_ssize_t max_trailer_size
+        Py_ssize_t _sec_start     # where the trailer section began in this feed (-1: earlier)
+        bint _in_sec              # inside the trailer section (after the last chunk's line)
+        bint _has_fields          # the trailer section has at least one field line
+        object _tbuf              # trailer-section bytes held from earlier feeds (bytearray)
+        object _trailers          # the trailer section to forward, once done (None: as is)
         readonly bint done
+        readonly Py_ssize_t held
 
     cpdef reset(self)
+    cpdef object trailers(self)
+    cdef int _hold(self, const unsigned char *p, Py_ssize_t start, Py_ssize_t i) except -1
+    cdef int _section_done(self, const unsigned char *p, Py_ssize_t start,
+                           Py_ssize_t i) except -1
     cpdef Py_ssize_t feed(self, object buf, Py_ssize_t start, Py_ssize_t end) except -1
     cdef Py_ssize_t _feed(self, const unsigned char *p, Py_ssize_t start,
                           Py_ssize_t end) except -1

@@ -35,22 +35,32 @@ with ``status_hint`` 400 unless said otherwise:
 * ``Content-Length``: 1*DIGIT, at most 18 digits; repeated with the same value is accepted (one
   value), with different values or a comma list is an error; with ``Transfer-Encoding`` present
   is an error.
-* ``Transfer-Encoding``: all such headers joined as one comma list of codings (case-insensitive,
-  OWS around commas); known codings are ``chunked``, ``gzip``, ``x-gzip``, ``deflate``,
-  ``compress``, ``x-compress``, ``identity``; an unknown coding, a last coding that is not
-  ``chunked``, ``chunked`` more than once, or an empty list is an error. A request with
-  Transfer-Encoding and version HTTP/1.0 is an error (RFC 9112 section 6.1).
+* ``Transfer-Encoding`` in a request: all such headers joined as one comma list (OWS around
+  commas, empty elements ignored, RFC 9110 section 5.6.1.2) that must come to exactly one
+  ``chunked`` (case-insensitive). The first fault, in list order, is raised once the head is
+  complete: an element other than ``chunked`` (``gzip``, ``identity``, ``chunked;x=1``...) is 501
+  (as Envoy and h11 answer), ``chunked`` twice is 400; an empty list is 400. With version
+  HTTP/1.0 it is an error (RFC 9112 section 6.1), raised at the line.
+* ``Transfer-Encoding`` in a response: known codings are ``chunked``, ``gzip``, ``x-gzip``,
+  ``deflate``, ``compress``, ``x-compress``, ``identity``; an unknown coding, a last coding that is
+  not ``chunked``, ``chunked`` more than once, or an empty list is an error.
 * requests: HTTP/1.1 without ``Host`` is an error; more than one ``Host`` is an error; a Host
   value containing bytes outside ``[A-Za-z0-9.:_~!$&'()*+,;=%[\]-]`` is an error.
 * request targets: origin-form (``/...``); absolute-form (``http://authority/path?q`` or
   ``https://...``, scheme case-insensitive; the authority becomes ``host``, the rest becomes
-  ``path``, ``/`` when empty; an empty authority is an error); asterisk-form ``*`` only with
+  ``path``, ``/`` when empty; an empty authority or one with userinfo (``@``) is an error); asterisk-form ``*`` only with
   ``OPTIONS``; authority-form only with ``CONNECT``. Anything else is an error.
 
 Hop-by-hop headers (``Connection``, ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Upgrade``,
-plus every header named in a ``Connection`` value) are dropped by ``serialize``. When ``upgrade`` is set, the ``Upgrade`` line is kept as received and the ``Connection`` lines are
+plus every header named in a ``Connection`` value: every token, however many, except
+Content-Length, Transfer-Encoding and Host) are dropped by ``serialize``. When ``upgrade`` is set, the ``Upgrade`` line is kept as received and the ``Connection`` lines are
 replaced by the single line ``Connection: upgrade``, so the upstream sees the upgrade request.
-``Transfer-Encoding`` is kept: bodies are forwarded with their framing unchanged.
+Lines the request ``serialize`` rewrites: a chunked request's Transfer-Encoding lines are replaced
+by the one line ``transfer-encoding: chunked`` (bodies are forwarded with their chunked framing
+unchanged); for an absolute-form target the Host line is replaced by ``host: <authority>`` (RFC 9112
+section 3.2.2; left out when ``drop`` names ``host``, the caller then adds its own) and the request
+line carries the origin-form ``path``. Both come after the kept lines, before ``extra``. A response's
+Transfer-Encoding is kept as received.
 ``X-Forwarded-For`` and ``X-Forwarded-Proto`` lines are dropped by the *request* ``serialize``: the
 proxy re-adds them (with the client address appended to ``forwarded_for``) in ``extra``.
 """
@@ -80,7 +90,7 @@ class RequestParser:
         absolute: True when the target was absolute-form.
         version: 0 for HTTP/1.0, 1 for HTTP/1.1.
         content_length: the Content-Length value, or -1 when absent.
-        chunked: True when the body is chunked (Transfer-Encoding ends in ``chunked``).
+        chunked: True when the body is chunked (Transfer-Encoding is exactly ``chunked``).
         keep_alive: whether the client's connection may persist after this request: HTTP/1.1
             unless a Connection header lists ``close``; HTTP/1.0 only if it lists ``keep-alive``.
         upgrade: the lowercased Upgrade header value when a Connection header lists ``upgrade``
@@ -207,16 +217,29 @@ class ChunkedFramer:
     chunk (size 0), trailer lines follow the header-line rules, then an empty line ends the body.
     Trailer section and each size line are limited to ``max_trailer_size`` bytes (431 beyond).
 
+    The trailer section (the bytes after the last chunk's size line) is held back from what the
+    caller forwards and, once complete, forwarded rewritten without the fields in
+    ``TRAILER_FORBIDDEN`` (RFC 9110 section 6.5.1: framing, routing, authentication, request
+    modifiers, response control, content format, hop-by-hop, the proxy's own). When the section
+    is only the final CRLF and arrives within one ``feed`` nothing is held (zero copy).
+
     Attributes:
         done: True once the whole body, trailers and final CRLF included, has been seen.
+        held: after each ``feed``, how many of the bytes it returned (the last ones) are trailer
+            section bytes that must not be forwarded as they are.
     """
 
     done: bool
+    held: int
 
     def __init__(self, max_trailer_size: int = ...) -> None: ...
 
     def reset(self) -> None:
         """Prepare for a new body."""
+
+    def trailers(self) -> Optional[bytes]:
+        """Once ``done``: the trailer section (kept field lines and the final CRLF) to forward in
+        place of every byte that was held, or None when nothing was held."""
 
     def feed(self, buf: Buffer, start: int, end: int) -> int:
         """Follow ``buf[start:end]``.
@@ -227,6 +250,14 @@ class ChunkedFramer:
         Raises:
             ProtocolError: bad framing (status_hint 400).
         """
+
+
+#: Lowercase names of the fields dropped from trailer sections.
+TRAILER_FORBIDDEN: frozenset[bytes]
+
+
+def filter_trailers(section: bytes) -> bytes:
+    """A validated trailer section without the ``TRAILER_FORBIDDEN`` fields."""
 
 
 def request_id() -> bytes:

@@ -153,6 +153,9 @@ cdef object _lower_bytes(const char *p, Py_ssize_t n):
     return out
 
 
+cdef bytes _TE_CHUNKED = b"transfer-encoding: chunked\r\n"
+
+
 cdef object _err(str msg, int status=400):
     return ProtocolError(msg, status)
 
@@ -214,6 +217,8 @@ cdef class _HeadParser:
         self._te_chunked_count = 0
         self._te_last_chunked = False
         self._te_empty = False
+        self._te_bad = 0
+        self._te_elems = 0
         self._cl_seen = False
         self._cl = -1
         self._expect_continue = False
@@ -396,13 +401,24 @@ cdef class _HeadParser:
                 if p[i] < b'0' or p[i] > b'9':
                     raise _err("invalid Content-Length")
                 v = v * 10 + (p[i] - 48)
+            if self._te_seen:
+                raise _err("Content-Length and Transfer-Encoding together")
             if self._cl_seen and v != self._cl:
                 raise _err("repeated Content-Length with different values")
             self._cl_seen = True
             self._cl = v
         elif kind == H_TRANSFER_ENCODING:
-            h.drop = False
+            # rejected as soon as the line is complete, as the twin does
+            if self._cl_seen:
+                raise _err("Content-Length and Transfer-Encoding together")
+            if self._is_request and self.version == 0:
+                raise _err("Transfer-Encoding in an HTTP/1.0 request")
             self._te_seen = True
+            if self._is_request:
+                # Forwarded as one canonical line (serialize): the client's spelling never is.
+                h.drop = True
+                return self._request_codings(vs, ve)
+            h.drop = False
             i = vs
             te = 0
             while True:
@@ -442,6 +458,33 @@ cdef class _HeadParser:
                 self._expect_continue = True
         return 0
 
+    cdef int _request_codings(self, Py_ssize_t vs, Py_ssize_t ve) except -1:
+        """A request's Transfer-Encoding must come to exactly one ``chunked`` (RFC 9112 section
+        6.1; empty list elements are ignored, RFC 9110 section 5.6.1.2). The first fault, in
+        order, is recorded and raised at the end of the head (``_finish``): any other coding is
+        501 (as Envoy and h11 answer), ``chunked`` twice is 400."""
+        cdef const char *p = self._p
+        cdef Py_ssize_t i = vs, ts, te
+        while i < ve:
+            while i < ve and (p[i] == b' ' or p[i] == b'\t' or p[i] == b','):
+                i += 1
+            if i >= ve:
+                break
+            ts = i
+            while i < ve and p[i] != b',':
+                i += 1
+            te = i
+            while te > ts and (p[te - 1] == b' ' or p[te - 1] == b'\t'):
+                te -= 1
+            self._te_elems += 1
+            if _ieq(p + ts, te - ts, b"chunked", 7):
+                self._te_chunked_count += 1
+                if self._te_chunked_count > 1 and self._te_bad == 0:
+                    self._te_bad = 400
+            elif self._te_bad == 0:
+                self._te_bad = 501
+        return 0
+
     cdef int _coding(self, const char *c, Py_ssize_t n) except -1:
         if _ieq(c, n, b"chunked", 7):
             self._te_chunked_count += 1
@@ -474,17 +517,43 @@ cdef class _HeadParser:
                 self._conn_keep_alive = True
             elif _ieq(p + ts, te - ts, b"upgrade", 7):
                 self._conn_upgrade = True
-            elif self._nctok < MAX_CONN_TOKENS:
-                self._ctok_start[self._nctok] = ts
-                self._ctok_end[self._nctok] = te
-                self._nctok += 1
+            # every token may name a header (even "close": the twin drops such a header too)
+            self._nctok += 1
+        return 0
+
+    cdef int _drop_listed(self, Py_ssize_t vs, Py_ssize_t ve) noexcept:
+        """Mark as dropped every header named by a token of the Connection value [vs, ve)."""
+        cdef const char *p = self._p
+        cdef Py_ssize_t i = vs, ts, te, j
+        cdef HeaderLine *h
+        while i < ve:
+            while i < ve and (p[i] == b' ' or p[i] == b'\t' or p[i] == b','):
+                i += 1
+            if i >= ve:
+                break
+            ts = i
+            while i < ve and p[i] != b',':
+                i += 1
+            te = i
+            while te > ts and (p[te - 1] == b' ' or p[te - 1] == b'\t'):
+                te -= 1
+            for j in range(self._nhdrs):
+                h = &self._hdrs[j]
+                if h.kind != H_TRANSFER_ENCODING and h.kind != H_CONTENT_LENGTH \
+                        and h.kind != H_HOST and h.kind != H_UPGRADE and h.kind != H_CONNECTION \
+                        and _ieq_ci(p + h.line_start, h.name_end - h.line_start, p + ts, te - ts):
+                    h.drop = True
         return 0
 
     cdef int _common_finish(self) except -1:
         cdef Py_ssize_t i, j
         cdef HeaderLine *h
         cdef const char *p = self._p
-        if self._te_seen:
+        if self._te_seen and self._is_request:
+            if self._cl_seen:
+                raise _err("Content-Length and Transfer-Encoding together")
+            # the coding rules are checked by RequestParser._finish
+        elif self._te_seen:
             if self._cl_seen:
                 raise _err("Content-Length and Transfer-Encoding together")
             if self._te_empty and self._te_chunked_count == 0:
@@ -495,15 +564,13 @@ cdef class _HeadParser:
                 raise _err("Transfer-Encoding does not end in chunked")
             self.chunked = True
         self.content_length = self._cl if self._cl_seen else -1
-        # Headers listed in Connection are hop-by-hop too (RFC 9110 section 7.6.1).
-        for j in range(self._nctok):
+        # Headers listed in Connection are hop-by-hop too (RFC 9110 section 7.6.1): every token,
+        # however many (framing and routing headers excepted).
+        if self._nctok:
             for i in range(self._nhdrs):
                 h = &self._hdrs[i]
-                if _ieq_ci(p + h.line_start, h.name_end - h.line_start,
-                           p + self._ctok_start[j], self._ctok_end[j] - self._ctok_start[j]):
-                    if h.kind != H_TRANSFER_ENCODING and h.kind != H_CONTENT_LENGTH \
-                            and h.kind != H_HOST:
-                        h.drop = True
+                if h.kind == H_CONNECTION:
+                    self._drop_listed(h.value_start, h.value_end)
         return 0
 
     cdef int _begin(self, object buf) except -1:
@@ -606,13 +673,17 @@ cdef class _HeadParser:
         for i in range(self._nhdrs):
             self._hdrs[i].skip = False
 
-    cdef char *_finish_head(self, char *o, bint skipped, bint up, bytes extra,
+    cdef char *_finish_head(self, char *o, bint skipped, bint up, bytes pre, bytes extra,
                             Py_ssize_t elen) noexcept:
-        """The end of every outgoing head: kept header lines, ``Connection: upgrade`` when
-        upgrading, the caller's extra lines, the empty line. Returns the byte after it."""
+        """The end of every outgoing head: kept header lines, ``pre`` (lines the parser rewrote:
+        Host, Transfer-Encoding), ``Connection: upgrade`` when upgrading, the caller's extra
+        lines, the empty line. Returns the byte after it."""
         o = self._copy_kept(o)
         if skipped:
             self._clear_skip()
+        if pre is not None and PyBytes_GET_SIZE(pre):
+            memcpy(o, PyBytes_AS_STRING(pre), PyBytes_GET_SIZE(pre))
+            o += PyBytes_GET_SIZE(pre)
         if up:
             memcpy(o, b"Connection: upgrade\r\n", 21)
             o += 21
@@ -788,7 +859,8 @@ cdef class RequestParser(_HeadParser):
             raise _err("invalid request target")
         i = a
         while i < te and p[i] != b'/' and p[i] != b'?' and p[i] != b'#':
-            if not HOST_OK[<unsigned char>p[i]] and p[i] != b'@':
+            # no '@': userinfo in an http(s) URI is an error (RFC 9110 section 4.2.4)
+            if not HOST_OK[<unsigned char>p[i]]:
                 raise _err("invalid authority in request target")
             i += 1
         if i == a:
@@ -804,8 +876,16 @@ cdef class RequestParser(_HeadParser):
         cdef HeaderLine *h
         cdef Py_ssize_t i, s, e
         self._common_finish()
-        if self._te_seen and self.version == 0:
-            raise _err("Transfer-Encoding in an HTTP/1.0 request")
+        if self._te_seen:
+            if self.version == 0:
+                raise _err("Transfer-Encoding in an HTTP/1.0 request")
+            if self._te_bad == 501:
+                raise _err("transfer coding other than chunked", 501)
+            if self._te_bad:
+                raise _err("chunked applied more than once")
+            if self._te_elems == 0:
+                raise _err("empty Transfer-Encoding")
+            self.chunked = True
         if self.version == 1 and self._host_idx < 0:
             raise _err("missing Host header")
         if self.version == 1:
@@ -832,6 +912,9 @@ cdef class RequestParser(_HeadParser):
                 PyBytes_FromStringAndSize(p + self._hdrs[i].value_start,
                                           self._hdrs[i].value_end - self._hdrs[i].value_start)
                 for i in range(self._nhdrs) if self._hdrs[i].kind == H_XFF])
+        if self.absolute and self._host_idx >= 0:
+            # RFC 9112 section 3.2.2: the target's authority replaces Host (serialize adds it)
+            self._hdrs[self._host_idx].drop = True
         if self.absolute or self._connect:
             s = self._auth_start
             e = self._auth_end
@@ -908,7 +991,10 @@ cdef class RequestParser(_HeadParser):
             plen = len(<bytes>path)
         if drop:
             self._mark_skip(drop)
+        pre = self._fixed_lines(drop)
         size = mlen + 1 + plen + 11 + self._kept_size() + elen + 2
+        if pre is not None:
+            size += PyBytes_GET_SIZE(pre)
         if up:
             size += 21
         out = PyBytes_FromStringAndSize(NULL, size)
@@ -925,7 +1011,18 @@ cdef class RequestParser(_HeadParser):
         o += plen
         memcpy(o, b" HTTP/1.1\r\n" if self.version == 1 else b" HTTP/1.0\r\n", 11)
         o += 11
-        self._finish_head(o, drop is not None, up, extra, elen)
+        self._finish_head(o, drop is not None, up, pre, extra, elen)
+        return out
+
+    cdef bytes _fixed_lines(self, tuple drop):
+        """The header lines the parser itself writes: ``host: <authority>`` for an absolute-form
+        target (unless the caller drops host, re-adding its own), the canonical
+        ``transfer-encoding: chunked`` for a chunked request; None when there are none."""
+        cdef bytes out = None
+        if self.absolute and not (drop and b"host" in drop):
+            out = b"host: " + self.host + b"\r\n"
+        if self.chunked:
+            out = _TE_CHUNKED if out is None else out + _TE_CHUNKED
         return out
 
 
@@ -1017,7 +1114,7 @@ cdef class ResponseParser(_HeadParser):
         o[0] = b'\r'
         o[1] = b'\n'
         o += 2
-        o = self._finish_head(o, drop is not None, up, extra, elen)
+        o = self._finish_head(o, drop is not None, up, None, extra, elen)
         if body:
             memcpy(o, self._p + end, body)
         return out
@@ -1053,7 +1150,40 @@ cdef class ChunkedFramer:
         self._digits = 0
         self._line_len = 0
         self._trailer_len = 0
+        self._sec_start = -1
+        self._in_sec = False
+        self._has_fields = False
+        self._tbuf = None
+        self._trailers = None
+        self.held = 0
         self.done = False
+
+    cpdef object trailers(self):
+        """Once ``done``: the trailer section to forward in place of the held bytes, or None."""
+        return self._trailers
+
+    cdef int _hold(self, const unsigned char *p, Py_ssize_t start, Py_ssize_t i) except -1:
+        """The trailer-section bytes of this feed, [max(start, section start), i), are held
+        (not part of what the caller forwards now); keep them for the rewrite."""
+        cdef Py_ssize_t s = self._sec_start if self._sec_start >= 0 else start
+        self.held = i - s
+        if i > s:
+            if self._tbuf is None:
+                self._tbuf = bytearray()
+            self._tbuf += PyBytes_FromStringAndSize(<const char *>p + s, i - s)
+        return 0
+
+    cdef int _section_done(self, const unsigned char *p, Py_ssize_t start,
+                           Py_ssize_t i) except -1:
+        if self._sec_start >= 0 and not self._has_fields:
+            # The common case: no trailer fields, the whole section ("\r\n") in this feed:
+            # forwarded in place (zero copy).
+            self.held = 0
+            return 0
+        self._hold(p, start, i)
+        self._trailers = filter_trailers(bytes(self._tbuf))
+        self._tbuf = None
+        return 0
 
     cpdef Py_ssize_t feed(self, object buf, Py_ssize_t start, Py_ssize_t end) except -1:
         cdef Py_buffer view
@@ -1078,8 +1208,10 @@ cdef class ChunkedFramer:
         cdef unsigned char c
         cdef int st = self._state
         cdef signed char hv
+        self.held = 0
         if self.done:
             return 0
+        self._sec_start = -1
         while i < end:
             if st == CS_DATA:
                 take = <unsigned long long>(end - i)
@@ -1127,6 +1259,8 @@ cdef class ChunkedFramer:
                 self._digits = 0
                 if self._remaining == 0:
                     st = CS_TRAILER_START
+                    self._sec_start = i
+                    self._in_sec = True
                 else:
                     st = CS_DATA
             elif st == CS_DATA_CR:
@@ -1146,6 +1280,7 @@ cdef class ChunkedFramer:
                     raise _err("obs-fold in trailer")
                 elif TCHAR[c]:
                     st = CS_TRAILER_NAME
+                    self._has_fields = True
                 else:
                     raise _err("invalid trailer")
             elif st == CS_TRAILER_NAME:
@@ -1170,6 +1305,7 @@ cdef class ChunkedFramer:
                     raise _err("bare CR after last chunk")
                 self._state = CS_DONE
                 self.done = True
+                self._section_done(p, start, i)
                 return i - start
             else:
                 # CS_DONE: nothing more belongs to this body.
@@ -1177,7 +1313,39 @@ cdef class ChunkedFramer:
             if self._trailer_len > self.max_trailer_size:
                 raise _err("trailers larger than %d bytes" % self.max_trailer_size, 431)
         self._state = st
+        if self._in_sec:
+            self._hold(p, start, i)
         return i - start
+
+
+# Fields that must not be trailers (RFC 9110 section 6.5.1: framing, routing, authentication,
+# request modifiers, response control, content format; plus hop-by-hop and the headers the proxy
+# sets itself). A chunked body's trailer section is forwarded without them.
+TRAILER_FORBIDDEN = frozenset((
+    b"transfer-encoding", b"content-length", b"trailer", b"host", b"connection", b"keep-alive",
+    b"proxy-connection", b"te", b"upgrade", b"authorization", b"proxy-authorization",
+    b"www-authenticate", b"proxy-authenticate", b"cookie", b"set-cookie", b"expect",
+    b"max-forwards", b"range", b"if-match", b"if-none-match", b"if-modified-since",
+    b"if-unmodified-since", b"if-range", b"cache-control", b"content-type", b"content-encoding",
+    b"content-range", b"age", b"expires", b"date", b"location", b"retry-after", b"vary",
+    b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id",
+))
+
+
+def filter_trailers(section):
+    """A validated trailer section (field lines, then the empty line) without the forbidden
+    fields (cold: only bodies that have trailers come here)."""
+    out = []
+    pos = 0
+    end = len(section) - 2  # the final empty line
+    while pos < end:
+        eol = section.index(b"\r\n", pos) + 2
+        name = section[pos:section.index(b":", pos)].lower()
+        if name not in TRAILER_FORBIDDEN:
+            out.append(section[pos:eol])
+        pos = eol
+    out.append(b"\r\n")
+    return b"".join(out)
 
 
 # request_id: xorshift128+ seeded from the OS, reseeded in forked children so workers never share

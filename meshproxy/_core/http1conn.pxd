@@ -44,8 +44,10 @@ cdef class Http1Connection(Codec):
     @cython.locals(state=int, pos=Py_ssize_t, end=Py_ssize_t, n=Py_ssize_t)
     cpdef _process_loop(self)
     @cython.locals(p=CRequestParser, listener=Listener, has_body=bint, s=Stream,
-                   framer=CChunkedFramer)
+                   framer=CChunkedFramer, pre=bint, k=Py_ssize_t, pos=Py_ssize_t)
     cpdef _on_head(self, Py_ssize_t n)
-    @cython.locals(s=Stream, k=Py_ssize_t, done=bint)
+    @cython.locals(s=Stream, k=Py_ssize_t)
     cpdef _request_body(self, object buf, Py_ssize_t pos, Py_ssize_t end)
+    @cython.locals(framer=CChunkedFramer, fwd=Py_ssize_t)
+    cpdef _chunked_body(self, Stream s, object buf, Py_ssize_t pos, Py_ssize_t k)
     cpdef _close(self)

@@ -216,6 +216,8 @@ class Http1Connection(Codec):
         p = self.parser
         listener = self.listener
         self.keep_alive = p.keep_alive and not listener.draining
+        pre = False
+        k = 0
         # body framing of the request
         if p.chunked:
             framer = self.framer
@@ -224,6 +226,17 @@ class Http1Connection(Codec):
             else:
                 framer.reset()
             has_body = True
+            buf = self.buf
+            pos = self.pos
+            if pos < len(buf):
+                # Body bytes came with the head: frame them before the stream starts, so a bad
+                # chunk is answered 400 with nothing at all sent upstream (not even the head).
+                try:
+                    k = framer.feed(buf, pos, len(buf))
+                except ProtocolError as e:
+                    self._protocol_error(e)
+                    return
+                pre = True
         else:
             self.req_remaining = p.content_length if p.content_length > 0 else 0
             has_body = self.req_remaining > 0
@@ -234,6 +247,9 @@ class Http1Connection(Codec):
         if not has_body:
             s.request_end()
         s.start(n)
+        if pre and self.state == ST_BODY:
+            # the bytes framed above, now validated, go to the stream
+            self._chunked_body(self.stream, buf, pos, k)
 
     def _request_body(self, buf, pos, end):
         s = self.stream
@@ -243,13 +259,12 @@ class Http1Connection(Codec):
             except ProtocolError as e:
                 self._body_error(e)
                 return
-            done = self.framer.done
-        else:
-            k = end - pos
-            if k > self.req_remaining:
-                k = self.req_remaining
-            self.req_remaining -= k
-            done = self.req_remaining == 0
+            self._chunked_body(s, buf, pos, k)
+            return
+        k = end - pos
+        if k > self.req_remaining:
+            k = self.req_remaining
+        self.req_remaining -= k
         if k:
             if pos == 0 and k == end:
                 data = buf if type(buf) is bytes else bytes(buf)
@@ -258,7 +273,27 @@ class Http1Connection(Codec):
             if s is not None:
                 s.request_data(data)
         self.pos = pos + k
-        if done and self.state == ST_BODY:
+        if self.req_remaining == 0 and self.state == ST_BODY:
+            self.state = ST_WAIT
+            if s is not None:
+                s.request_end()
+
+    def _chunked_body(self, s, buf, pos, k):
+        """Hand ``buf[pos:pos + k]``, already framed, to the stream: the bytes up to any held
+        trailer section as they are, the trailer section (when held) as the framer rewrote it."""
+        framer = self.framer
+        fwd = k - framer.held
+        if fwd > 0 and s is not None:
+            if pos == 0 and fwd == len(buf):
+                data = buf if type(buf) is bytes else bytes(buf)
+            else:
+                data = bytes(buf[pos:pos + fwd])
+            s.request_data(data)
+        self.pos = pos + k
+        if framer.done and self.state == ST_BODY:
+            tr = framer.trailers()
+            if tr is not None and s is not None:
+                s.request_data(tr)
             self.state = ST_WAIT
             if s is not None:
                 s.request_end()

@@ -82,6 +82,10 @@ _HEADER_LINE = re.compile(
     rb"(" + _TCHAR + rb"+):[ \t]*((?:" + _VCHAR + rb"+(?:[ \t]+" + _VCHAR + rb"+)*)?)[ \t]*"
 )
 _HEADER_LINE_PREFIX = re.compile(rb"(?:" + _TCHAR + rb"+(?::[\t\x20-\x7e\x80-\xff]*)?)?\r?")
+# A trailer line's prefix: a CR only as the whole (final, empty) line or after the colon (the
+# compiled framer rejects a name followed by CR at once).
+_TRAILER_LINE_PREFIX = re.compile(
+    rb"\r|(?:" + _TCHAR + rb"+(?::[\t\x20-\x7e\x80-\xff]*\r?)?)?")
 # What may follow a valid tail that is already past a header's colon / inside a request target.
 _VALUE_CONT = re.compile(rb"[\t\x20-\x7e\x80-\xff]*\r?")
 _TARGET_CONT = re.compile(rb"[\x21-\x7e]*\r?")
@@ -120,6 +124,9 @@ _SPECIAL = {
 }
 
 _CRLF = b"\r\n"
+_TE_CHUNKED = b"transfer-encoding: chunked\r\n"
+_HOST_SET = frozenset((b"host",))
+_TE_SET = frozenset((b"transfer-encoding",))
 _CONNECTION_UPGRADE = b"Connection: upgrade\r\n"
 
 
@@ -381,6 +388,19 @@ class _HeadParser:
             if self._is_request and st.version == 0:
                 raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
             st.te = True
+            if self._is_request:
+                # Exactly one "chunked" (RFC 9112 section 6.1; empty elements ignored, RFC 9110
+                # section 5.6.1.2); the first fault is raised at the end of the head: another
+                # coding 501 (as Envoy and h11), "chunked" twice 400.
+                for coding in _list_elements(buf[vs:ve]):
+                    st.codings += 1
+                    if coding == b"chunked":
+                        if st.chunked and not st.te_bad:
+                            st.te_bad = 400
+                        st.chunked = True
+                    elif not st.te_bad:
+                        st.te_bad = 501
+                return
             for coding in _list_elements(buf[vs:ve]):
                 if coding not in _KNOWN_CODINGS:
                     raise ProtocolError("unknown transfer coding")
@@ -410,7 +430,14 @@ class _HeadParser:
             st.host = bytes(buf[vs:ve]).lower()
 
     def _finish_framing(self, st):
-        if st.te:
+        if st.te and self._is_request:
+            if st.te_bad == 501:
+                raise ProtocolError("transfer coding other than chunked", 501)
+            if st.te_bad:
+                raise ProtocolError("chunked applied twice")
+            if st.codings == 0:
+                raise ProtocolError("empty Transfer-Encoding")
+        elif st.te:
             if st.codings == 0:
                 raise ProtocolError("empty Transfer-Encoding")
             if not st.chunked:
@@ -484,6 +511,7 @@ class _State:
         "host_count",
         "host",
         "extra",
+        "te_bad",
     )
 
     def __init__(self):
@@ -498,6 +526,7 @@ class _State:
         self.host_count = 0
         self.host = None
         self.extra = None
+        self.te_bad = 0
 
 
 class RequestParser(_HeadParser):
@@ -700,7 +729,18 @@ class RequestParser(_HeadParser):
             b" HTTP/1.1\r\n" if self.version == 1 else b" HTTP/1.0\r\n",
         ]
         upgrade = self.upgrade is not None
-        self._copy_lines(out, upgrade, _PROXY_SET | frozenset(drop) if drop else _PROXY_SET)
+        also = _PROXY_SET | frozenset(drop) if drop else _PROXY_SET
+        # Lines the parser rewrites: an absolute-form target's authority replaces Host (RFC 9112
+        # section 3.2.2), a chunked request carries one canonical Transfer-Encoding line.
+        if self.absolute:
+            also = also | _HOST_SET
+        if self.chunked:
+            also = also | _TE_SET
+        self._copy_lines(out, upgrade, also)
+        if self.absolute and not (drop and b"host" in drop):
+            out.append(b"host: " + self.host + _CRLF)
+        if self.chunked:
+            out.append(_TE_CHUNKED)
         if upgrade:
             out.append(_CONNECTION_UPGRADE)
         if extra:
@@ -779,7 +819,8 @@ class ChunkedFramer:
     across ``feed`` calls is kept in ``_line`` (bounded by ``max_trailer_size``).
     """
 
-    __slots__ = ("done", "_max", "_state", "_remaining", "_line", "_line_mode", "_trailer_bytes")
+    __slots__ = ("done", "held", "_max", "_state", "_remaining", "_line", "_line_mode",
+                 "_trailer_bytes", "_sec_start", "_in_sec", "_has_fields", "_tbuf", "_trailers")
 
     def __init__(self, max_trailer_size=DEFAULT_MAX_TRAILER_SIZE):
         self._max = max_trailer_size
@@ -792,6 +833,35 @@ class ChunkedFramer:
         self._line = bytearray()
         self._line_mode = 0
         self._trailer_bytes = 0
+        # The trailer section (after the last chunk's size line) is held back from what the
+        # caller forwards (``held``) and forwarded rewritten (``trailers()``) without the
+        # fields that must not be trailers, unless it is only the final CRLF within one feed.
+        self.held = 0
+        self._sec_start = -1
+        self._in_sec = False
+        self._has_fields = False
+        self._tbuf = None
+        self._trailers = None
+
+    def trailers(self):
+        """Once ``done``: the trailer section to forward in place of the held bytes, or None."""
+        return self._trailers
+
+    def _hold(self, buf, start, i):
+        s = self._sec_start if self._sec_start >= 0 else start
+        self.held = i - s
+        if i > s:
+            if self._tbuf is None:
+                self._tbuf = bytearray()
+            self._tbuf += buf[s:i]
+
+    def _section_done(self, buf, start, i):
+        if self._sec_start >= 0 and not self._has_fields:
+            self.held = 0
+            return
+        self._hold(buf, start, i)
+        self._trailers = filter_trailers(bytes(self._tbuf))
+        self._tbuf = None
 
     def feed(self, buf, start, end):
         try:
@@ -802,10 +872,12 @@ class ChunkedFramer:
             raise ProtocolError(f"malformed chunked body ({type(exc).__name__})") from exc
 
     def _feed(self, buf, start, end):
+        self.held = 0
         if self.done:
             return 0
         if start < 0 or end > len(buf):
             raise ProtocolError("feed range outside the buffer")
+        self._sec_start = -1
         p = start
         state = self._state
         while p < end:
@@ -837,13 +909,23 @@ class ChunkedFramer:
                     self._partial(buf, p, end)
                     p = end
                     break
+                was = self._state
                 state = self._line_done(buf, p, lf)
                 p = lf + 1
-                if state == _CS_DONE:
+                if state == _CS_TRAILER:
+                    if was == _CS_SIZE:
+                        self._sec_start = p
+                        self._in_sec = True
+                    else:
+                        self._has_fields = True
+                elif state == _CS_DONE:
                     self._state = state
                     self.done = True
+                    self._section_done(buf, start, p)
                     return p - start
         self._state = state
+        if self._in_sec:
+            self._hold(buf, start, p)
         return p - start
 
     def _partial(self, buf, p, end):
@@ -866,8 +948,8 @@ class ChunkedFramer:
                 raise _bad_size_line(line, 0, size, partial=True)
             self._line_mode = line.find(b";") >= 0
         else:
-            if _HEADER_LINE_PREFIX.fullmatch(line) is None:
-                if line.find(b"\r", 0, size - 1) >= 0:
+            if _TRAILER_LINE_PREFIX.fullmatch(line) is None:
+                if line.find(b"\r", 0, size - 1) >= 0 or line.find(b":") < 0:
                     raise ProtocolError("bare CR in trailer")
                 raise _bad_header_line(line, 0, size, trailer=True)
             self._line_mode = line.find(b":") >= 0
@@ -903,6 +985,36 @@ class ChunkedFramer:
         if _HEADER_LINE.fullmatch(buf, p, le) is None:
             raise _bad_header_line(buf, p, le, trailer=True)
         return _CS_TRAILER
+
+
+# Fields that must not be trailers (RFC 9110 section 6.5.1: framing, routing, authentication,
+# request modifiers, response control, content format; plus hop-by-hop and the headers the proxy
+# sets itself). A chunked body's trailer section is forwarded without them.
+TRAILER_FORBIDDEN = frozenset((
+    b"transfer-encoding", b"content-length", b"trailer", b"host", b"connection", b"keep-alive",
+    b"proxy-connection", b"te", b"upgrade", b"authorization", b"proxy-authorization",
+    b"www-authenticate", b"proxy-authenticate", b"cookie", b"set-cookie", b"expect",
+    b"max-forwards", b"range", b"if-match", b"if-none-match", b"if-modified-since",
+    b"if-unmodified-since", b"if-range", b"cache-control", b"content-type", b"content-encoding",
+    b"content-range", b"age", b"expires", b"date", b"location", b"retry-after", b"vary",
+    b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id",
+))
+
+
+def filter_trailers(section):
+    """A validated trailer section (field lines, then the empty line) without the forbidden
+    fields (cold: only bodies that have trailers come here)."""
+    out = []
+    pos = 0
+    end = len(section) - 2  # the final empty line
+    while pos < end:
+        eol = section.index(b"\r\n", pos) + 2
+        name = section[pos:section.index(b":", pos)].lower()
+        if name not in TRAILER_FORBIDDEN:
+            out.append(section[pos:eol])
+        pos = eol
+    out.append(b"\r\n")
+    return b"".join(out)
 
 
 def _bad_size_line(buf, p, le, partial):

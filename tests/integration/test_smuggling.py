@@ -1,4 +1,6 @@
 """Request smuggling vectors, sent raw: each is refused and closed; the backend sees nothing."""
+import time
+
 import pytest
 from harness import RawConn, echo_entry
 
@@ -14,10 +16,10 @@ VECTORS = [
      b"abcde", 400),
     ("cl-list", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 4, 5\r\n\r\nabcde", 400),
     ("te-not-last-chunked", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, gzip\r\n"
-     b"\r\n0\r\n\r\n", 400),
-    ("te-identity", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: identity\r\n\r\n", 400),
+     b"\r\n0\r\n\r\n", 501),
+    ("te-identity", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: identity\r\n\r\n", 501),
     ("te-unknown", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
-     400),
+     501),
     ("te-chunked-twice", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n"
      b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
     ("te-http10", b"POST / HTTP/1.0\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -95,16 +97,35 @@ def test_smuggling_vectors_after_good_request_on_same_connection(sidecar, echo):
                          ids=["non-hex", "negative", "lead-space", "trail-space", "bare-lf",
                               "no-crlf-after-data", "too-long"])
 def test_bad_chunk_size_not_forwarded(shared_sidecar, echo, bad_chunk):
+    """Head and bad chunk in one segment: 400, and the backend sees nothing at all (not even the
+    head), although a pooled upstream connection is ready to take it at once."""
     sidecar = shared_sidecar
+    assert sidecar.request()[0] == 200  # warm the upstream pool
+    echo.reset()
     c = RawConn("127.0.0.1", sidecar.outbound)
     c.send(b"POST /chunky HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\n"
            + bad_chunk + b"0\r\n\r\n")
     out = c.read_all()
     c.close()
-    assert out == b"" or out.startswith(b"HTTP/1.1 400 "), out
+    assert out.startswith(b"HTTP/1.1 400 "), out
+    time.sleep(0.05)
     st = echo.stats()
-    assert st["requests"] == 0, st
-    # whatever the backend saw, it never got a complete request; the sidecar still serves
+    assert st["connections"] == 0 and st["heads"] == 0 and st["bytes"] == 0, st
+    assert sidecar.request()[0] == 200
+
+
+def test_bad_chunk_after_head_is_reset(shared_sidecar, echo):
+    """A bad chunk that comes after the head was forwarded (a later segment): the request is
+    reset and the backend never gets a complete request."""
+    sidecar = shared_sidecar
+    c = RawConn("127.0.0.1", sidecar.outbound)
+    c.send(b"POST /chunky HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\n")
+    time.sleep(0.2)
+    c.send(b"zz\r\n")
+    out = c.read_all()
+    c.close()
+    assert out == b"" or out.startswith(b"HTTP/1.1 400 "), out
+    assert echo.stats()["requests"] == 0
     assert sidecar.request()[0] == 200
 
 
