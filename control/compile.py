@@ -35,8 +35,8 @@ from control.errors import ConfigError, ConfigIssue
 from control.locality import prioritise
 from control.policy import traffic_policy
 from control.snapshot import (DEFAULT_RETRY_ON, Bootstrap, Cluster, Destination, DirectResponse, Endpoint, Fault,
-                              HeaderMatch, RetryPolicy,
-                              HeaderOps, Limits, Listener, Mirror, QueryMatch, Redirect, Rewrite, Route, RouteMatch,
+                              HeaderMatch, HeaderOps, HealthCheck, Limits, Listener, Mirror, QueryMatch, Redirect,
+                              RetryPolicy, Rewrite, Route, RouteMatch,
                               Snapshot, StringMatch, VirtualHost, Workload, content_version)
 
 DOMAIN_SUFFIX = "cluster.local"
@@ -151,6 +151,9 @@ def compile_snapshot(cfg: LoadedConfig, workload: Optional[str] = None,
                                   _dedupe_domains(in_vhosts, "virtualInbound", warnings), default))
         wl = dataclasses.replace(wl, ports={**_resolved_ports(services, entries, wl_res, wl), **wl.ports})
 
+    hc_issues = _attach_health_checks(cfg, index, clusters)
+    if hc_issues:
+        raise ConfigError(hc_issues)
     listeners.sort(key=lambda li: li.name)
     cluster_list = tuple(clusters[k] for k in sorted(clusters))
     content = {"bootstrap": bootstrap, "listeners": listeners, "clusters": cluster_list, "workload": wl}
@@ -468,6 +471,68 @@ def _same_ip(a: str, b: str) -> bool:
         return a == b
 
 
+# --- Active health checks (meshproxy HealthCheck kind) ----------------------------------------------
+
+
+def _health_check(r: Resource) -> HealthCheck:
+    spec = r.spec
+    kw: dict = {}
+    if "http" in spec:
+        h = spec["http"]
+        kw.update(http_path=h["path"], http_host=h.get("host", ""),
+                  request_headers=tuple(sorted(h.get("requestHeaders", {}).items())))
+        if "expectedStatuses" in h:
+            kw["expected_statuses"] = tuple((x["start"], x["end"]) for x in h["expectedStatuses"])
+    else:
+        t = spec["tcp"]
+        kw.update(tcp=True, send=t.get("send", ""), expect=t.get("expect", ""))
+    return HealthCheck(
+        source=r.key, interval=spec["interval"], timeout=spec["timeout"],
+        interval_jitter=spec["intervalJitter"], unhealthy_threshold=spec["unhealthyThreshold"],
+        healthy_threshold=spec["healthyThreshold"], no_traffic_interval=spec["noTrafficInterval"],
+        **kw)
+
+
+def _attach_health_checks(cfg: LoadedConfig, index: TrafficIndex, clusters: dict) -> list:
+    """Give each outbound cluster the most specific HealthCheck selecting it (subset and port
+    set beats subset beats port beats host only); returns the issues found."""
+    issues: list = []
+    chosen: dict = {}  # cluster name -> (specificity, Resource)
+    for r in sorted(cfg.of_kind("HealthCheck"), key=lambda r: (r.namespace, r.name)):
+        spec = r.spec
+        host = index.service_host(resolve_host(spec["host"], r.namespace))
+        if host is None or host.startswith("*."):
+            issues.append(r.issue("spec.host", f'"{spec["host"]}" is not a ServiceEntry host'))
+            continue
+        ports = index.services[host]
+        if "port" in spec and spec["port"] not in ports:
+            issues.append(r.issue("spec.port", f"{spec['port']} is not a port of {host} "
+                                               f"(ports: {', '.join(str(p) for p in sorted(ports))})"))
+            continue
+        subset = spec.get("subset", "")
+        if subset and index.subset(host, subset) is None:
+            issues.append(r.issue("spec.subset", f'{host} has no subset "{subset}" (no '
+                                                 "DestinationRule defines it)"))
+            continue
+        rank = (2 if subset else 0) + (1 if "port" in spec else 0)
+        for name, c in clusters.items():
+            if c.direction != "outbound" or c.service != host:
+                continue
+            if subset and c.subset != subset or "port" in spec and c.port != spec["port"]:
+                continue
+            prev = chosen.get(name)
+            if prev is not None and prev[0] == rank:
+                issues.append(r.issue("spec.host", f"cluster {name} is already health-checked by "
+                                                   f"HealthCheck {prev[1].key}"))
+                continue
+            if prev is None or prev[0] < rank:
+                chosen[name] = (rank, r)
+    if not issues:
+        for name, (_, r) in chosen.items():
+            clusters[name] = dataclasses.replace(clusters[name], health_check=_health_check(r))
+    return issues
+
+
 # --- Workload and bootstrap ---------------------------------------------------------------------------
 
 
@@ -512,6 +577,7 @@ def _bootstrap(spec: dict, raw: dict) -> Bootstrap:
     table = {
         "trustDomain": "trust_domain", "prometheusPort": "prometheus_port", "statusPort": "status_port",
         "concurrency": "concurrency", "drainDuration": "drain_duration", "accessLogFile": "access_log_file",
+        "exitOnZeroActiveConnections": "exit_on_zero_active_connections",
         "accessLogEncoding": "access_log_encoding", "accessLogFormat": "access_log_format",
     }
     for key, attr in table.items():
@@ -565,7 +631,7 @@ def _apply_overrides(b: Bootstrap, overrides: dict):
         want = type(getattr(defaults, key))
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if isinstance(value, bool) or not isinstance(value, want):
+        if (isinstance(value, bool) and want is not bool) or not isinstance(value, want):
             bad(key, f"expected {schema.type_name(want())}, got {schema.type_name(value)}")
             continue
         if key.endswith("_port") and not 1 <= value <= 65535:

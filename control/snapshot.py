@@ -101,6 +101,32 @@ class LocalityLb:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """An active health check (meshproxy's ``HealthCheck`` kind), as Envoy's ``HealthCheck``.
+
+    Exactly one of ``http_path`` (an HTTP check) and ``tcp`` (a TCP check) applies: ``tcp`` is
+    True for a TCP check. Durations are in seconds; ``expected_statuses`` are ``[start, end)``
+    ranges. ``source`` is the ``namespace/name`` of the resource, for ``/config_dump`` and
+    ``meshproxy explain``. Plain data with no meshproxy import: ``control.health`` runs it.
+    """
+
+    source: str = ""
+    tcp: bool = False
+    http_path: str = ""
+    http_host: str = ""  # the Host header ("" when the cluster's service host is used)
+    expected_statuses: tuple[tuple[int, int], ...] = ((200, 201),)
+    request_headers: tuple[tuple[str, str], ...] = ()
+    send: str = ""  # TCP: text written once connected
+    expect: str = ""  # TCP: text that must arrive
+    interval: float = 10.0
+    timeout: float = 1.0
+    interval_jitter: float = 0.0
+    unhealthy_threshold: int = 3
+    healthy_threshold: int = 2
+    no_traffic_interval: float = 60.0
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str  # "outbound|80|v2|reviews.default.svc.cluster.local" or "inbound|8080||"
     direction: str  # "outbound" | "inbound"
@@ -120,6 +146,7 @@ class Cluster:
     resolution: str = "STATIC"  # STATIC | DNS | DNS_ROUND_ROBIN | NONE
     dns_hosts: tuple[tuple[str, int, int], ...] = ()  # DNS: (hostname, port, weight) to resolve
     destination_rule: str = ""  # "namespace/name" of the DestinationRule applied, if any
+    health_check: Optional[HealthCheck] = None  # active health check (meshproxy HealthCheck kind)
 
 
 @dataclass(frozen=True)
@@ -320,6 +347,7 @@ class Bootstrap:
     status_port: int = 15021  # /healthz/ready, as pilot-agent's 15021 in Istio
     concurrency: int = 1
     drain_duration: float = 5.0  # seconds (Istio ProxyConfig.drainDuration)
+    exit_on_zero_active_connections: bool = False  # after /drain_listeners, exit once idle
     access_log_file: str = ""  # "" = off; "/dev/stdout" or a path (Istio MeshConfig.accessLogFile)
     access_log_encoding: str = "TEXT"  # TEXT | JSON (MeshConfig.accessLogEncoding)
     access_log_format: str = ""  # "" = Envoy/Istio default (MeshConfig.accessLogFormat)

@@ -8,6 +8,7 @@ Endpoints (main admin port)::
 
     GET  /                  index of the endpoints (also /help)
     GET  /ready             200 "LIVE\\n" | 503 "PRE_INITIALIZING\\n" | 503 "DRAINING\\n"
+                            | 503 "HEALTHCHECK_FAILED\\n" (after POST /healthcheck/fail)
     GET  /healthz/ready     same answer as /ready (Istio's status-port probe)
     GET  /stats             Envoy's plain "name: value" lines, sorted (?filter=REGEX,
                             ?format=json, ?format=prometheus)
@@ -16,6 +17,10 @@ Endpoints (main admin port)::
     GET  /clusters          Envoy's "cluster::host::stat::value" lines (?format=json)
     GET  /server_info       JSON
     POST /quitquitquit      begin a graceful drain; answers "OK\\n" first
+    POST /drain_listeners   stop accepting connections and drain them, keep running (exit once
+                            idle with exitOnZeroActiveConnections / EXIT_ON_ZERO_ACTIVE_CONNECTIONS)
+    POST /healthcheck/fail  readiness answers 503 from now on; traffic is still served
+    POST /healthcheck/ok    undo /healthcheck/fail
 
 The Prometheus port serves only ``/stats/prometheus``; the status port only ``/healthz/ready``
 (as Istio's agent does). Unknown paths get 404, a
@@ -72,6 +77,9 @@ class AdminProvider(Protocol):
     async def quit(self) -> None:
         """Begin a graceful drain (like SIGTERM)."""
 
+    async def drain_listeners(self) -> None:
+        """Stop accepting and drain connections; keep running (Envoy's /drain_listeners)."""
+
 
 class _Response:
     __slots__ = ("status", "body", "content_type", "headers", "after")
@@ -117,7 +125,25 @@ def _state(provider) -> tuple[bool, str]:
 
 async def _h_ready(srv: "AdminServer", q: dict) -> _Response:
     ok, state = _state(srv.provider)
+    if ok and srv.health_check_failed:
+        ok, state = False, "HEALTHCHECK_FAILED"
     return _Response(200 if ok else 503, state + "\n")
+
+
+async def _h_hc_fail(srv: "AdminServer", q: dict) -> _Response:
+    srv.health_check_failed = True
+    log.warning("admin: /healthcheck/fail: readiness now answers 503 (traffic is still served)")
+    return _Response(200, "OK\n")
+
+
+async def _h_hc_ok(srv: "AdminServer", q: dict) -> _Response:
+    srv.health_check_failed = False
+    log.info("admin: /healthcheck/ok: readiness restored")
+    return _Response(200, "OK\n")
+
+
+async def _h_drain_listeners(srv: "AdminServer", q: dict) -> _Response:
+    return _Response(200, "OK\n", after=srv.provider.drain_listeners)
 
 
 async def _stats_inputs(srv: "AdminServer"):
@@ -172,6 +198,27 @@ _HEALTH_FLAGS = {"HEALTHY": "healthy", "UNHEALTHY": "/failed_active_hc",
                  "DRAINING": "/pending_dynamic_removal", "DEGRADED": "/degraded_active_hc"}
 
 
+def _text_health_flags(ep: dict) -> str:
+    """Envoy's ``health_flags``: "healthy", or the flags run together (``/failed_active_hc``)."""
+    flags = ep.get("health_flags")
+    if flags is not None:
+        return "".join(flags) or "healthy"
+    health = str(ep.get("health", "HEALTHY")).upper()
+    return _HEALTH_FLAGS.get(health, "/" + health.lower())
+
+
+def _json_health(ep: dict) -> dict:
+    d: dict = {"eds_health_status": "HEALTHY"}
+    flags = ep.get("health_flags") or []
+    if "/failed_active_hc" in flags:
+        d["failed_active_health_check"] = True
+    if "/failed_outlier_check" in flags:
+        d["failed_outlier_check"] = True
+    if ep.get("health_flags") is None and str(ep.get("health", "HEALTHY")) != "HEALTHY":
+        d["eds_health_status"] = str(ep.get("health"))
+    return d
+
+
 async def _h_clusters(srv: "AdminServer", q: dict) -> _Response:
     infos = srv.provider.cluster_infos()
     if q.get("format") == "json":
@@ -183,7 +230,7 @@ async def _h_clusters(srv: "AdminServer", q: dict) -> _Response:
                     "address": {"socket_address": {"address": ep.get("address"), "port_value": ep.get("port")}},
                     "stats": [{"name": k, "value": str(ep.get(k, 0)), "type": "GAUGE" if k.endswith("active") else "COUNTER"}
                               for k in ("cx_active", "rq_active", "rq_total")],
-                    "health_status": {"eds_health_status": str(ep.get("health", "HEALTHY"))},
+                    "health_status": _json_health(ep),
                     "weight": ep.get("weight", 1),
                     "locality": _locality(ep.get("locality")),
                 })
@@ -200,9 +247,8 @@ async def _h_clusters(srv: "AdminServer", q: dict) -> _Response:
             loc = _locality(ep.get("locality"))
             for k in ("cx_active", "rq_active", "rq_total"):
                 lines.append(f"{host}::{k}::{ep.get(k, 0)}")
-            health = str(ep.get("health", "HEALTHY")).upper()
             lines.append(f"{host}::hostname::")
-            lines.append(f"{host}::health_flags::{_HEALTH_FLAGS.get(health, '/' + health.lower())}")
+            lines.append(f"{host}::health_flags::{_text_health_flags(ep)}")
             lines.append(f"{host}::weight::{ep.get('weight', 1)}")
             lines.append(f"{host}::region::{loc['region']}")
             lines.append(f"{host}::zone::{loc['zone']}")
@@ -240,6 +286,11 @@ ENDPOINTS: dict[str, tuple[frozenset, Callable, str]] = {
     "/clusters": (frozenset({"GET"}), _h_clusters, "upstream clusters and endpoints (?format=json)"),
     "/server_info": (frozenset({"GET"}), _h_server_info, "version, state, uptime (JSON)"),
     "/quitquitquit": (frozenset({"POST"}), _h_quit, "begin a graceful drain and exit"),
+    "/drain_listeners": (frozenset({"POST"}), _h_drain_listeners,
+                         "stop accepting connections and drain them (the process keeps running)"),
+    "/healthcheck/fail": (frozenset({"POST"}), _h_hc_fail,
+                          "make /ready and /healthz/ready answer 503 (traffic still served)"),
+    "/healthcheck/ok": (frozenset({"POST"}), _h_hc_ok, "undo /healthcheck/fail"),
 }
 PROMETHEUS_ENDPOINTS = {"/stats/prometheus": ENDPOINTS["/stats/prometheus"]}
 STATUS_ENDPOINTS = {"/healthz/ready": ENDPOINTS["/healthz/ready"]}
@@ -395,6 +446,7 @@ class AdminServer:
         self.port: int | None = None
         self.prometheus_port: int | None = None
         self.status_port: int | None = None
+        self.health_check_failed = False  # POST /healthcheck/fail .. /healthcheck/ok
 
     async def _bind(self, loop: asyncio.AbstractEventLoop, host: str, port: int, routes: dict) -> int:
         p = _Port(self, routes)

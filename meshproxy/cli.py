@@ -13,6 +13,7 @@ examples:
   meshproxy run --config mesh.yaml                      # outbound listener on 127.0.0.1:15001
   meshproxy run --config mesh/ --workload default/ratings-1 --concurrency 2
   meshproxy validate mesh.yaml
+  meshproxy wait-ready --timeout 60 && exec my-app        # hold the app until its proxy is ready
   meshproxy explain --config mesh.yaml GET http://reviews/ -H 'end-user: jason'
   curl -H 'Host: echo.default.svc.cluster.local' http://127.0.0.1:15001/
 
@@ -82,6 +83,24 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("url", metavar="URL", help="http://HOST[:PORT]/path?query (HOST: the service)")
     ex.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'")
 
+    wr = sub.add_parser(
+        "wait-ready", help="block until a sidecar is ready (exit 0), or time out (exit 1)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Poll the sidecar's status port (GET /healthz/ready) until it answers 200: the "
+                    "first snapshot is applied and every listener is bound. Run it before the "
+                    "application starts to hold the application until its proxy is ready "
+                    "(Istio's holdApplicationUntilProxyStarts).",
+        epilog="exit codes:\n  0  the sidecar is ready\n  1  not ready within --timeout\n"
+               "  2  bad arguments")
+    wr.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="give up after this long (default 60)")
+    wr.add_argument("--url", default="http://127.0.0.1:15021/healthz/ready",
+                    help="readiness URL (default http://127.0.0.1:15021/healthz/ready, the "
+                         "Bootstrap statusPort; the admin port's /ready works too)")
+    wr.add_argument("--period", type=float, default=0.2, metavar="SECONDS",
+                    help="time between polls (default 0.2)")
+    wr.add_argument("--quiet", "-q", action="store_true", help="print nothing")
+
     sub.add_parser("version", help="print the version")
     return ap
 
@@ -113,7 +132,45 @@ def _overrides(args) -> dict:
         o["access_log_encoding"] = args.access_log_encoding
     if args.drain_duration is not None:
         o["drain_duration"] = args.drain_duration
+    if os.environ.get("EXIT_ON_ZERO_ACTIVE_CONNECTIONS", "").strip().lower() in ("1", "true", "yes"):
+        o["exit_on_zero_active_connections"] = True
     return o
+
+
+def cmd_wait_ready(args) -> int:
+    import http.client
+    import time
+    from urllib.parse import urlsplit
+
+    u = urlsplit(args.url)
+    if u.scheme != "http" or not u.hostname:
+        print(f"meshproxy wait-ready: --url: expected http://HOST:PORT/PATH, got {args.url!r}",
+              file=sys.stderr)
+        return 2
+    deadline = time.monotonic() + args.timeout
+    last = "no answer"
+    while True:
+        try:
+            c = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=max(0.5, args.period))
+            try:
+                c.request("GET", u.path or "/")
+                r = c.getresponse()
+                body = r.read().decode(errors="replace").strip()
+                if r.status == 200:
+                    if not args.quiet:
+                        print(f"meshproxy wait-ready: {args.url}: {r.status} {body}")
+                    return 0
+                last = f"{r.status} {body}"
+            finally:
+                c.close()
+        except (OSError, http.client.HTTPException) as e:
+            last = str(e) or type(e).__name__
+        if time.monotonic() + args.period > deadline:
+            if not args.quiet:
+                print(f"meshproxy wait-ready: not ready after {args.timeout:g}s ({args.url}: "
+                      f"{last})", file=sys.stderr)
+            return 1
+        time.sleep(args.period)
 
 
 def cmd_validate(args) -> int:
@@ -185,6 +242,8 @@ def main(argv=None) -> int:
         return cmd_validate(args)
     if args.cmd == "explain":
         return cmd_explain(args)
+    if args.cmd == "wait-ready":
+        return cmd_wait_ready(args)
     if args.cmd == "version":
         from meshproxy.core import COMPILED
         print(f"meshproxy {__version__} ({'compiled' if COMPILED else 'pure-Python'} core, "

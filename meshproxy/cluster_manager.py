@@ -14,6 +14,11 @@ two clusters reaching the same address each behave as configured. ``DNS`` and ``
 clusters are resolved here, off the hot path, again when the shortest record TTL runs out (Envoy's
 ``respect_dns_ttl``). ``tick()`` (once a second) expires idle connections and returns ejected
 endpoints whose time is over.
+
+Active health checks (clusters whose snapshot entry has a ``health_check``) run in
+``control.health.HealthChecker``; its results come back through ``set_active_health``, the one
+way an endpoint's ``H_ACTIVE_HC`` bit is set or cleared (results computed elsewhere, e.g. by a
+control-plane server, would enter there too).
 """
 from __future__ import annotations
 
@@ -21,9 +26,12 @@ import asyncio
 import logging
 import time
 
+from control.health import HealthChecker, Target
 from meshproxy import dns as dns_mod
 from meshproxy.core import cluster as cl
 from meshproxy.core import counters
+# The H_* bits are cdef constants in the compiled module; the single source's values hold for both.
+from meshproxy._py.cluster import H_ACTIVE_HC, H_OUTLIER
 
 log = logging.getLogger("meshproxy")
 
@@ -49,6 +57,8 @@ class ClusterManager:
         self.resolver = None
         self._dns_task = None
         self._closing = False
+        self.checker = None  # control.health.HealthChecker, made when a cluster is health-checked
+        self.hc_targets: dict = {}  # Target -> [cluster name]
 
     # -- building ------------------------------------------------------------------------------
 
@@ -108,6 +118,57 @@ class ClusterManager:
             if self._dns_task is None:
                 self._dns_task = self.loop.create_task(self._dns_loop())
         self._forget_unused()
+        self._sync_health()
+
+    # -- active health checks ------------------------------------------------------------------
+
+    def _sync_health(self) -> None:
+        """Check the current clusters' endpoints, and make every endpoint's H_ACTIVE_HC bit
+        agree with the checker (a new cluster over a failing address starts out of rotation; a
+        cluster whose HealthCheck went away gets its endpoints back)."""
+        targets: dict = {}
+        for c in self.clusters.values():
+            hc = c.info.health_check if c.info is not None else None
+            if hc is None:
+                continue
+            for ep in c.endpoints:
+                targets.setdefault(Target(ep.address, ep.port, hc, c.info.service), []).append(c.name)
+        self.hc_targets = targets
+        if targets and self.checker is None and not self._closing:
+            self.checker = HealthChecker(self._hc_changed, active=self._hc_active)
+        if self.checker is not None:
+            self.checker.set_targets(targets)
+        failing = {(name, t.address, t.port) for t, names in targets.items()
+                   if not self.checker.healthy(t) for name in names}
+        for c in self.clusters.values():
+            changed = False
+            for ep in c.endpoints:
+                if ep.set_health_flag(H_ACTIVE_HC, (c.name, ep.address, ep.port) in failing):
+                    changed = True
+            if changed:
+                c.health_changed()
+
+    def _hc_changed(self, target, healthy: bool) -> None:
+        for name in self.hc_targets.get(target, ()):
+            self.set_active_health(name, target.address, target.port, healthy)
+
+    def _hc_active(self, target) -> bool:
+        """Has a cluster checked through ``target`` carried traffic (else noTrafficInterval)?"""
+        for name in self.hc_targets.get(target, ()):
+            c = self.clusters.get(name)
+            if c is not None and any(ep.rq_total for ep in c.endpoints):
+                return True
+        return False
+
+    def set_active_health(self, cluster_name: str, address: str, port: int, healthy: bool) -> None:
+        """An active health-check result for one endpoint of one cluster: clear or set its
+        H_ACTIVE_HC bit (it leaves the picker while any H_* bit is set)."""
+        ep = self.endpoints.get((cluster_name, address, port))
+        cluster = self.clusters.get(cluster_name)
+        if ep is None or cluster is None:
+            return
+        if ep.set_health_flag(H_ACTIVE_HC, not healthy):
+            cluster.health_changed()
 
     def _forget_unused(self) -> None:
         live_eps = set()
@@ -152,6 +213,7 @@ class ClusterManager:
             log.info("dns: %s -> %s", cluster.name,
                      ", ".join(e.host for e in eps) or "(no addresses)")
             self._forget_unused()
+            self._sync_health()
 
     async def _dns_loop(self) -> None:
         while not self._closing:
@@ -179,6 +241,8 @@ class ClusterManager:
         if self._dns_task is not None:
             self._dns_task.cancel()
             self._dns_task = None
+        if self.checker is not None:
+            self.checker.close()
 
     # -- what admin reads ------------------------------------------------------------------------
 
@@ -196,6 +260,7 @@ class ClusterManager:
                 e = meta.get((ep.address, ep.port))
                 eps.append({
                     "address": ep.address, "port": ep.port, "health": ep.health,
+                    "health_flags": _health_flags(ep.health_flags),
                     "weight": e.config_weight if e is not None else 1,
                     "lb_weight": e.weight if e is not None else 1,
                     "priority": prios[i] if i < len(prios) else 0,
@@ -211,3 +276,11 @@ class ClusterManager:
                         "connect_timeout": c.connect_timeout, "idle_timeout": c.idle_timeout,
                         "endpoints": eps})
         return out
+
+
+#: Envoy's ``/clusters`` health flag for each H_* bit.
+HEALTH_FLAG_NAMES = ((H_ACTIVE_HC, "/failed_active_hc"), (H_OUTLIER, "/failed_outlier_check"))
+
+
+def _health_flags(bits: int) -> list:
+    return [name for bit, name in HEALTH_FLAG_NAMES if bits & bit]

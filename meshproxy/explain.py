@@ -191,6 +191,21 @@ def _edits(out: list, what: str, ops: HeaderOps, indent: str = "") -> None:
         out.append(f"{indent}{what}: " + "; ".join(parts))
 
 
+def describe_health_check(h) -> str:
+    """One line for a ``snapshot.HealthCheck``."""
+    if h.tcp:
+        what = "TCP connect" + (f", send {h.send!r}" if h.send else "") + (
+            f", expect {h.expect!r}" if h.expect else "")
+    else:
+        codes = ",".join(f"{a}" if b == a + 1 else f"{a}-{b - 1}" for a, b in h.expected_statuses)
+        what = f"HTTP GET {h.http_path}" + (f" Host {h.http_host}" if h.http_host else "") + (
+            f" expects {codes}")
+    return (f"{what} every {h.interval:g}s (timeout {h.timeout:g}s"
+            + (f", jitter {h.interval_jitter:g}s" if h.interval_jitter else "")
+            + f", no traffic {h.no_traffic_interval:g}s): out after {h.unhealthy_threshold} "
+            f"failed, back after {h.healthy_threshold} passed (HealthCheck {h.source})")
+
+
 def _describe_cluster(c: Optional[Cluster], name: str, snap: Snapshot) -> list[str]:
     if c is None:
         return [f"cluster   {name}: not defined (503 NC)"]
@@ -203,6 +218,8 @@ def _describe_cluster(c: Optional[Cluster], name: str, snap: Snapshot) -> list[s
         policy += f" on {key}"
     src = f" (DestinationRule {c.destination_rule})" if c.destination_rule else " (Istio's default)"
     lines.append(f"  lb        {policy}{src}")
+    if c.health_check is not None:
+        lines.append("  health    " + describe_health_check(c.health_check))
     if c.resolution != "STATIC":
         lines.append(f"  resolution {c.resolution}"
                      + (": " + ", ".join(f"{h}:{p}" for h, p, _ in c.dns_hosts)

@@ -8,13 +8,17 @@ SO_REUSEPORT, so the kernel spreads connections across them. Supervisor and work
 socketpair with one JSON message per line:
 
     supervisor -> worker  {"op": "apply", "snapshot": {...}}   {"op": "stats", "id": 7}
-                          {"op": "drain", "timeout": 5.0}
+                          {"op": "drain", "timeout": 5.0}   {"op": "drain_listeners"}
     worker -> supervisor  {"op": "applied", "version": "...", "error": null}
                           {"op": "stats", "id": 7, "stats": {...}, "clusters": [...]}
+                          {"op": "idle", "index": 0}  (drained, no connection left: with
+                                                       exitOnZeroActiveConnections)
 
 Signals (both modes): SIGHUP reloads the config from disk; an invalid config is logged and the
 old snapshot keeps serving. SIGTERM/SIGINT drain: stop accepting, let in-flight requests finish
 within the bootstrap's ``drainDuration``, exit 0. A worker that dies is restarted.
+Admin ``POST /drain_listeners`` drains without exiting; with ``exitOnZeroActiveConnections``
+(or ``EXIT_ON_ZERO_ACTIVE_CONNECTIONS=true``) the process exits 0 once no connection is left.
 """
 from __future__ import annotations
 
@@ -210,6 +214,7 @@ class Supervisor(_Process):
         self.started = time.time()
         self._next_id = 0
         self._live: dict = {}  # worker index -> its cluster_infos() (for /clusters)
+        self._idle: set = set()  # workers drained to zero connections (exitOnZeroActiveConnections)
 
 
     async def _main(self) -> int:
@@ -281,6 +286,12 @@ class Supervisor(_Process):
                 w.version = msg.get("version")
                 if w.applied is not None and not w.applied.done():
                     w.applied.set_result(msg.get("error"))
+            elif op == "idle":
+                self._idle.add(w.index)
+                if len(self._idle) == len(self.workers):
+                    log.info("no active connection left in any worker: exiting "
+                             "(exitOnZeroActiveConnections)")
+                    self.stop.set()
             elif op == "stats":
                 fut = w.waiters.pop(msg.get("id"), None)
                 if fut is not None and not fut.done():
@@ -400,6 +411,9 @@ class Supervisor(_Process):
                         t[k] = t.get(k, 0) + e.get(k, 0)
                     if e.get("health") != "HEALTHY":
                         t["health"] = e.get("health")
+                    for flag in e.get("health_flags") or ():
+                        if flag not in t.setdefault("health_flags", []):
+                            t["health_flags"].append(flag)
         if merged:
             return [merged[n] for n in order]
         return [{"name": c.name, "direction": c.direction, "service": c.service,
@@ -427,3 +441,9 @@ class Supervisor(_Process):
 
     async def quit(self) -> None:
         self.stop.set()
+
+    async def drain_listeners(self) -> None:
+        log.info("draining listeners (admin /drain_listeners)")
+        self.state = "DRAINING"
+        for w in self.workers:
+            w.send({"op": "drain_listeners"})

@@ -43,6 +43,9 @@ class Sidecar:
         self.state = "PRE_INITIALIZING"
         self.started = time.time()
         self._tick_handle = None
+        self._idle_task = None
+        self.quit = None  # set by the runner: ``async quit()`` begins the process's drain
+        self.on_idle = None  # ``async on_idle()`` after /drain_listeners with exit-on-zero; None: quit
 
     @property
     def clusters(self) -> dict:
@@ -139,12 +142,40 @@ class Sidecar:
             self.access_log.flush()
         self._tick_handle = self.loop.call_later(1.0, self._tick)
 
-    async def drain(self, timeout: float) -> None:
-        """Stop accepting, let in-flight requests finish (up to ``timeout`` s), then close."""
+    def _stop_listeners(self) -> None:
         self.state = "DRAINING"
         for listener in self.listeners.values():
             listener.server.close()
             listener.drain()
+
+    def active_connections(self) -> int:
+        return sum(len(listener.connections) for listener in self.listeners.values())
+
+    async def drain_listeners(self) -> None:
+        """Envoy's ``POST /drain_listeners``: stop accepting, close idle keep-alive connections,
+        close busy ones after their response; the process keeps running (admin still answers)
+        until SIGTERM or /quitquitquit, unless ``exit_on_zero_active_connections`` is set: then
+        it exits as soon as no connection is active (Istio's EXIT_ON_ZERO_ACTIVE_CONNECTIONS)."""
+        log.info("draining listeners (admin /drain_listeners)")
+        self._stop_listeners()
+        b = self.snapshot.bootstrap if self.snapshot else None
+        if b is not None and b.exit_on_zero_active_connections and self._idle_task is None:
+            self._idle_task = self.loop.create_task(self._exit_when_idle())
+
+    async def _exit_when_idle(self) -> None:
+        while self.active_connections():
+            await asyncio.sleep(0.05)
+        log.info("no active connection left while draining: exiting (exitOnZeroActiveConnections)")
+        if self.on_idle is not None:
+            await self.on_idle()
+        elif self.quit is not None:
+            await self.quit()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``timeout`` s), then close."""
+        self._stop_listeners()
+        if self._idle_task is not None and self._idle_task is not asyncio.current_task():
+            self._idle_task.cancel()
         deadline = self.loop.time() + timeout
         while self.loop.time() < deadline:
             if not any(listener.connections for listener in self.listeners.values()):
@@ -162,7 +193,9 @@ class Sidecar:
     # -- what the admin endpoints read (AdminProvider) -------------------------------------
 
     def ready(self) -> bool:
-        return self.state == "LIVE"
+        """LIVE: the first snapshot is applied and every one of its listeners is bound."""
+        return (self.state == "LIVE" and self.snapshot is not None
+                and all(lst.name in self.listeners for lst in self.snapshot.listeners))
 
     def config_dump(self) -> dict:
         d = self.snapshot.to_dict() if self.snapshot else {}
@@ -188,6 +221,7 @@ class Sidecar:
             "uptime_s": int(time.time() - self.started), "concurrency": 1,
             "snapshot_version": self.snapshot.version if self.snapshot else None,
             "compiled_core": COMPILED, "pid": os.getpid(),
+            "active_connections": self.active_connections(),
         }
 
 

@@ -33,6 +33,11 @@ async def serve(fd: int, index: int) -> int:
     def send(msg):
         writer.write(json.dumps(msg).encode() + b"\n")
 
+    async def idle():
+        send({"op": "idle", "index": index})
+
+    sidecar.on_idle = idle
+
     while True:
         line = await reader.readline()
         if not line:
@@ -55,6 +60,8 @@ async def serve(fd: int, index: int) -> int:
             send({"op": "stats", "id": msg.get("id"), "index": index,
                   "stats": sidecar.local_stats(),
                   "clusters": sidecar.cluster_infos()})
+        elif op == "drain_listeners":
+            await sidecar.drain_listeners()
         elif op == "drain":
             await sidecar.drain(float(msg.get("timeout", 5.0)))
             await writer.drain()

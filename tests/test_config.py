@@ -333,7 +333,8 @@ def test_every_unsupported_istio_kind_is_an_error(tmp_path, api, kind):
 def test_supported_and_unsupported_kinds():
     from control.config import KINDS, UNSUPPORTED_KINDS
 
-    assert list(KINDS) == ["ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "Bootstrap"]
+    assert list(KINDS) == ["ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "Bootstrap",
+                          "HealthCheck"]
     assert sorted(UNSUPPORTED_KINDS) == sorted(k for _, k in UNSUPPORTED)
     assert all(KINDS[k].kind == k for k in KINDS)
 

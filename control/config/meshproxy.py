@@ -1,6 +1,8 @@
-"""The meshproxy.io API group: the Bootstrap kind (what Istio keeps in MeshConfig / ProxyConfig).
+"""The meshproxy.io API group: the Bootstrap kind (what Istio keeps in MeshConfig / ProxyConfig)
+and the HealthCheck kind (active health checks, which Istio has no API for: istio/istio#10537).
 
-At most one Bootstrap per config. ``INBOUND_PORT_ANNOTATION`` is the meshproxy.io annotation read on
+At most one Bootstrap per config; any number of HealthChecks, each selecting one service host
+(optionally one subset and one port) with Envoy's health-check fields. ``INBOUND_PORT_ANNOTATION`` is the meshproxy.io annotation read on
 WorkloadEntry metadata (the port a workload's own sidecar listens on for inbound traffic).
 """
 from __future__ import annotations
@@ -8,8 +10,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Optional
 
-from control.config.schema import (Duration, Enum, Field, Int, KindSchema, ListOf, Port, Str, Struct, bind_address,
-                                   dns1123_subdomain)
+from control.config.schema import (Bool, Duration, Enum, Field, Int, KindSchema, ListOf, MapOf, Port, Str,
+                                   Struct, bind_address, dns1123_label, dns1123_subdomain, host_name, join)
 
 INBOUND_PORT_ANNOTATION = "meshproxy.io/inbound-port"
 
@@ -49,6 +51,9 @@ BOOTSTRAP = Struct({
     "statusPort": Field(Port()),
     "concurrency": Field(Int(1, 1024)),
     "drainDuration": Field(Duration()),
+    "exitOnZeroActiveConnections": Field(
+        Bool(), doc="after POST /drain_listeners, exit as soon as no connection is active "
+                    "(Istio's EXIT_ON_ZERO_ACTIVE_CONNECTIONS; the environment variable works too)"),
     "accessLogFile": Field(Str()),
     "accessLogEncoding": Field(Enum(("TEXT", "JSON"))),
     "accessLogFormat": Field(Str()),
@@ -67,6 +72,75 @@ BOOTSTRAP = Struct({
     })),
 })
 
+
+
+def http_path(value: str) -> Optional[str]:
+    if not value.startswith("/") or any(c in value for c in " \r\n\t"):
+        return f'"{value}" is not a request path (it starts with "/" and has no spaces)'
+    return None
+
+
+def header_name(value: str) -> Optional[str]:
+    if not value or any(c in value for c in " :\r\n\t()<>@,;\\\"/[]?={}"):
+        return f'"{value}" is not a valid header name'
+    return None
+
+
+def header_value(value: str) -> Optional[str]:
+    if any(c in value for c in "\r\n\0"):
+        return "a header value must not contain CR, LF or NUL"
+    return None
+
+
+def _status_range(value: dict, path: str, rep) -> None:
+    if value["start"] >= value["end"]:
+        rep.issue(path, f"empty range: start {value['start']} must be below end {value['end']} "
+                        "(start inclusive, end exclusive, as Envoy's)")
+
+
+STATUS_RANGE = Struct({
+    "start": Field(Int(100, 599), required=True),
+    "end": Field(Int(101, 600), required=True),
+}, checks=(_status_range,))
+
+HTTP_CHECK = Struct({
+    "path": Field(Str(http_path), required=True),
+    "host": Field(Str(host_name), doc="the Host header; default: the HealthCheck's host"),
+    "expectedStatuses": Field(ListOf(STATUS_RANGE, min_items=1),
+                              doc="[start, end) ranges; default [{start: 200, end: 201}]"),
+    "requestHeaders": Field(MapOf(Str(header_value), key=Str(header_name))),
+})
+
+TCP_CHECK = Struct({
+    "send": Field(Str(), doc="text written once connected (UTF-8); none: connect only"),
+    "expect": Field(Str(non_empty=True), doc="text that must arrive (anywhere in the reply)"),
+})
+
+
+def _one_check(value: dict, path: str, rep) -> None:
+    if ("http" in value) == ("tcp" in value):
+        rep.issue(join(path, "http"), "exactly one of http and tcp must be set")
+    if "timeout" in value and "interval" in value and value["timeout"] > value["interval"]:
+        rep.issue(join(path, "timeout"), "must not be longer than interval")
+
+
+HEALTH_CHECK = Struct({
+    "host": Field(Str(host_name, normalise=str.lower), required=True,
+                  doc="the service (a ServiceEntry host; short names resolve in the namespace)"),
+    "subset": Field(Str(dns1123_label), doc="only this DestinationRule subset's cluster"),
+    "port": Field(Port(), doc="only this service port's clusters"),
+    "http": Field(HTTP_CHECK),
+    "tcp": Field(TCP_CHECK),
+    "interval": Field(Duration(positive=True), default=10.0),
+    "timeout": Field(Duration(positive=True), default=1.0),
+    "intervalJitter": Field(Duration(), default=0.0),
+    "unhealthyThreshold": Field(Int(1, 1000), default=3),
+    "healthyThreshold": Field(Int(1, 1000), default=2),
+    "noTrafficInterval": Field(Duration(positive=True), default=60.0,
+                               doc="interval while the cluster has carried no request yet"),
+}, checks=(_one_check,))
+
 KINDS = {
     "Bootstrap": KindSchema("Bootstrap", ("meshproxy.io/v1alpha1",), BOOTSTRAP, singleton=True),
+    "HealthCheck": KindSchema("HealthCheck", ("meshproxy.io/v1alpha1",), HEALTH_CHECK),
 }

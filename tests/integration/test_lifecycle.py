@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -112,23 +113,26 @@ def test_reload_under_load_loses_nothing(sidecar, echo):
 # -- 8. drain -------------------------------------------------------------------------------------
 
 def test_sigterm_drains_in_flight_request(make_sidecar, echo):
+    """SIGTERM with several long requests in flight loses none of them within drainDuration."""
     s = make_sidecar(boot={"drainDuration": "3s"})
+    delays = ("0.5", "1.0", "1.5")
     out = {}
 
-    def slow():
+    def slow(d):
         c = RawConn("127.0.0.1", s.outbound, timeout=10)
-        c.send(b"GET /delay/1.0 HTTP/1.1\r\nHost: echo\r\n\r\n")
-        out["resp"] = c.read_response()
-        out["closed"] = c.is_closed()
+        c.send(b"GET /delay/%s HTTP/1.1\r\nHost: echo\r\n\r\n" % d.encode())
+        resp = c.read_response()
+        out[d] = (resp, c.is_closed())
         c.close()
 
     idle = RawConn("127.0.0.1", s.outbound)
     idle.send(b"GET /idle HTTP/1.1\r\nHost: echo\r\n\r\n")
     assert idle.read_response()[0] == 200
-    t = threading.Thread(target=slow)
-    t.start()
+    threads = [threading.Thread(target=slow, args=(d,)) for d in delays]
+    for t in threads:
+        t.start()
     deadline = time.monotonic() + 5
-    while echo.stats()["heads"] < 2 and time.monotonic() < deadline:
+    while echo.stats()["heads"] < 1 + len(delays) and time.monotonic() < deadline:
         time.sleep(0.02)
     t0 = time.monotonic()
     s.signal(signal.SIGTERM)
@@ -139,11 +143,13 @@ def test_sigterm_drains_in_flight_request(make_sidecar, echo):
     # the idle keep-alive connection is closed at once
     assert idle.is_closed(1.0)
     idle.close()
-    t.join(10)
-    st, headers, body, _ = out["resp"]
-    assert st == 200 and json.loads(body)["target"] == "/delay/1.0"
-    assert [v.lower() for k, v in headers if k.lower() == "connection"] == ["close"]
-    assert out["closed"]
+    for t in threads:
+        t.join(10)
+    for d in delays:
+        (st, headers, body, _), closed = out[d]
+        assert st == 200 and json.loads(body)["target"] == f"/delay/{d}"
+        assert [v.lower() for k, v in headers if k.lower() == "connection"] == ["close"]
+        assert closed
     rc = s.proc.wait(10)
     took = time.monotonic() - t0
     assert rc == 0
@@ -312,3 +318,115 @@ def test_concurrency_sigterm_drains_in_flight(make_sidecar, echo):
     assert out["resp"][0] == 200
     assert s.proc.wait(10) == 0
     assert time.monotonic() - t0 < 3.5
+
+
+# -- 10. lifecycle: /drain_listeners, exit on zero connections, /healthcheck/fail, wait-ready ----
+
+def _post(s, path):
+    conn = http.client.HTTPConnection("127.0.0.1", s.admin, timeout=5)
+    try:
+        conn.request("POST", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def _in_flight(echo, s, path=b"/delay/1.0", n=1):
+    """``n`` connections with a slow request each, once the backend has seen them all."""
+    before = echo.stats()["heads"]
+    conns = []
+    for _ in range(n):
+        c = RawConn("127.0.0.1", s.outbound, timeout=10)
+        c.send(b"GET " + path + b" HTTP/1.1\r\nHost: echo\r\n\r\n")
+        conns.append(c)
+    deadline = time.monotonic() + 5
+    while echo.stats()["heads"] < before + n and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return conns
+
+
+def test_drain_listeners_stops_accepting_and_keeps_running(make_sidecar, echo):
+    s = make_sidecar()
+    assert s.request()[0] == 200
+    [c] = _in_flight(echo, s)
+    assert _post(s, "/drain_listeners")[0] == 200
+    time.sleep(0.2)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", s.outbound), timeout=2).close()
+    assert s.admin_get("/ready")[0] == 503
+    assert s.admin_get("/healthz/ready", port=s.status)[0] == 503
+    st, headers, body, _ = c.read_response()
+    assert st == 200 and ("connection", "close") in [(k.lower(), v) for k, v in headers]
+    c.close()
+    time.sleep(0.5)
+    # without exitOnZeroActiveConnections the process keeps running (admin answers) until SIGTERM
+    assert s.proc.poll() is None
+    assert json.loads(s.admin_get("/server_info")[1])["state"] == "DRAINING"
+
+
+@pytest.mark.parametrize("concurrency", ["1", "2"])
+def test_exit_on_zero_active_connections(make_sidecar, echo, monkeypatch, concurrency, impl):
+    if concurrency == "2" and impl == "py":
+        pytest.skip("the two-worker run is enough on one build")
+    if concurrency == "1":
+        monkeypatch.setenv("EXIT_ON_ZERO_ACTIVE_CONNECTIONS", "true")  # Istio's variable
+        s = make_sidecar(boot={"drainDuration": "10s"})
+    else:
+        s = make_sidecar(args=["--concurrency", "2"],
+                         boot={"drainDuration": "10s", "exitOnZeroActiveConnections": True})
+    conns = _in_flight(echo, s, b"/delay/1.0", n=2)
+    assert _post(s, "/drain_listeners")[0] == 200
+    time.sleep(0.3)
+    assert s.proc.poll() is None  # two requests are still in flight
+    for c in conns:
+        assert c.read_response()[0] == 200
+        t_last = time.monotonic()
+        c.close()
+    rc = s.proc.wait(5)
+    assert rc == 0
+    assert time.monotonic() - t_last < 1.5, "did not exit as soon as the last connection closed"
+    s.wait_log("no active connection left")
+
+
+def test_healthcheck_fail_and_ok(make_sidecar, echo):
+    s = make_sidecar()
+    assert _post(s, "/healthcheck/fail") == (200, b"OK\n")
+    assert s.admin_get("/ready") == (503, b"HEALTHCHECK_FAILED\n")
+    assert s.admin_get("/healthz/ready", port=s.status)[0] == 503
+    assert s.request()[0] == 200  # traffic is still served
+    assert _post(s, "/healthcheck/ok") == (200, b"OK\n")
+    assert s.admin_get("/ready") == (200, b"LIVE\n")
+    assert s.admin_get("/healthz/ready", port=s.status)[0] == 200
+
+
+def _wait_ready(*args):
+    from harness import PY, ROOT, clean_env
+    return subprocess.Popen([PY, "-m", "meshproxy", "wait-ready"] + list(args),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(),
+                            cwd=str(ROOT), text=True)
+
+
+def test_wait_ready_blocks_until_the_sidecar_serves(make_sidecar, echo):
+    s = make_sidecar(start=False)
+    url = f"http://127.0.0.1:{s.status}/healthz/ready"
+    w = _wait_ready("--timeout", "15", "--url", url)
+    time.sleep(1.0)
+    assert w.poll() is None  # nothing listens yet
+    s.start(wait=False)
+    out, err = w.communicate(timeout=20)
+    assert w.returncode == 0, err
+    # ready means serving: the listener is bound and the snapshot applied
+    assert s.request()[0] == 200
+    s.wait_ready()
+
+
+def test_wait_ready_times_out(tmp_path):
+    from harness import free_port
+    t0 = time.monotonic()
+    w = _wait_ready("--timeout", "1", "--url", f"http://127.0.0.1:{free_port()}/healthz/ready")
+    out, err = w.communicate(timeout=15)
+    assert w.returncode == 1 and "not ready after 1s" in err
+    assert time.monotonic() - t0 < 10
+    w = _wait_ready("--url", "ftp://x/")
+    assert w.wait(15) == 2
