@@ -44,7 +44,7 @@ cdef class Http1Connection(Codec):
     @cython.locals(state=int, pos=Py_ssize_t, end=Py_ssize_t, n=Py_ssize_t)
     cpdef _process_loop(self)
     @cython.locals(p=CRequestParser, listener=Listener, has_body=bint, s=Stream,
-                   framer=CChunkedFramer)
+                   framer=CChunkedFramer, mode=int, path=bytes, norm=object)
     cpdef _on_head(self, Py_ssize_t n)
     @cython.locals(s=Stream, k=Py_ssize_t, done=bint)
     cpdef _request_body(self, object buf, Py_ssize_t pos, Py_ssize_t end)
