@@ -1,9 +1,10 @@
-"""pathNormalization in the Bootstrap (schema, compile, overrides)."""
+"""pathNormalization in the Bootstrap (schema, compile, overrides) and in ``meshproxy explain``."""
 import textwrap
 
 import pytest
 
 from control import ConfigError, build_snapshot
+from meshproxy.explain import explain
 
 SVC = """\
 apiVersion: networking.istio.io/v1
@@ -80,3 +81,43 @@ def test_override_is_checked(tmp_path):
     with pytest.raises(ConfigError) as ei:
         build_snapshot(path, overrides={"path_normalization": "STRICT"})
     assert "path_normalization" in str(ei.value) and "STRICT" in str(ei.value)
+
+
+def test_explain_shows_the_normalised_path(tmp_path):
+    lines, s = explain(build_snapshot(config(tmp_path)), "GET", "http://web/public/../admin", [])
+    text = "\n".join(lines)
+    assert "path /public/../admin -> /admin (pathNormalization BASE)" in [
+        " ".join(line.split()) for line in lines], text
+    assert s["route"] == "default/web http[1]", text  # not the /public route
+    lines, s = explain(build_snapshot(config(tmp_path)), "GET", "http://web/public/%2e%2e/admin",
+                       [])
+    assert s["route"] == "default/web http[1]"
+    assert "path /public/%2e%2e/admin -> /admin (pathNormalization BASE)" in [
+        " ".join(line.split()) for line in lines]
+
+
+def test_explain_with_none_and_unchanged_paths(tmp_path):
+    lines, s = explain(build_snapshot(config(tmp_path, "NONE")), "GET",
+                       "http://web/public/../admin", [])
+    assert s["route"] == "default/web http[0]"
+    assert not any(line.startswith("path ") for line in lines)
+    lines, s = explain(build_snapshot(config(tmp_path)), "GET", "http://web/public/x", [])
+    assert s["route"] == "default/web http[0]"
+    assert not any(line.startswith("path ") for line in lines)
+
+
+def test_explain_merge_and_decode(tmp_path):
+    lines, s = explain(build_snapshot(config(tmp_path, "MERGE_SLASHES")), "GET",
+                       "http://web//public//x", [])
+    assert s["route"] == "default/web http[0]"
+    assert "path //public//x -> /public/x (pathNormalization MERGE_SLASHES)" in [
+        " ".join(line.split()) for line in lines]
+    lines, s = explain(build_snapshot(config(tmp_path, "DECODE_AND_MERGE_SLASHES")), "GET",
+                       "http://web/public%2F..%2Fadmin", [])
+    assert s["route"] == "default/web http[1]"
+
+
+def test_explain_path_that_cannot_be_normalised(tmp_path):
+    lines, s = explain(build_snapshot(config(tmp_path)), "GET", "http://web/a%00b", [])
+    assert s == {"status": 400}
+    assert "cannot be normalised" in lines[0]
