@@ -64,6 +64,9 @@ def _scan(path, mode):
         return b"#" in path
     merge = mode >= 2  # MERGE_SLASHES and above
     for c in path:
+        if 97 <= c <= 122 or 65 <= c <= 90 or 48 <= c <= 57:  # letters and digits: most bytes
+            prev = c
+            continue
         if c == 63:  # '?': the query is never normalised (a '#' after it still needs stripping)
             return b"#" in path
         if c == 46:  # '.'
