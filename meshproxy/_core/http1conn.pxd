@@ -7,6 +7,7 @@ from meshproxy._core.http1 cimport RequestParser as CRequestParser
 from meshproxy._core.http1 cimport ResponseParser as CResponseParser
 from meshproxy._core.router cimport RequestView as CRequestView
 from meshproxy._core.stream cimport Codec, ListenerContext, Stream
+from meshproxy._core.pathnorm cimport needs_normalizing, normalize
 
 cdef int ST_HEAD, ST_BODY, ST_WAIT, ST_TUNNEL, ST_CLOSED
 cdef int PAUSE_PIPELINE
