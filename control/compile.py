@@ -26,7 +26,7 @@ from typing import Optional
 
 from control.config import schema
 from control.config.load import LoadedConfig, Resource, load_config
-from control.config.meshproxy import INBOUND_PORT_ANNOTATION
+from control.config.meshproxy import INBOUND_PORT_ANNOTATION, PATH_NORMALIZATIONS
 from control.config.networking import HTTP_PROTOCOLS
 from control.config.security import TLS_MODE_LABEL
 from control.config.traffic import TrafficIndex, resolve_host
@@ -591,6 +591,9 @@ def _bootstrap(spec: dict, raw: dict) -> Bootstrap:
         kw["inbound_port"] = spec["inbound"]["port"]
     if "dnsServers" in spec:
         kw["dns_servers"] = tuple(spec["dnsServers"])
+    pn = spec.get("pathNormalization", {}).get("normalization")
+    if pn is not None:
+        kw["path_normalization"] = "BASE" if pn == "DEFAULT" else pn
     lim = spec.get("limits", {})
     limits = Limits(
         max_request_headers_kb=lim.get("maxRequestHeadersKb", b.limits.max_request_headers_kb),
@@ -649,6 +652,11 @@ def _apply_overrides(b: Bootstrap, overrides: dict):
         if key == "access_log_encoding" and value not in ("TEXT", "JSON"):
             bad(key, f'"{value}" is not valid: expected one of TEXT, JSON')
             continue
+        if key == "path_normalization":
+            if value.upper() not in PATH_NORMALIZATIONS:
+                bad(key, f'"{value}" is not valid: expected one of ' + ", ".join(PATH_NORMALIZATIONS))
+                continue
+            value = "BASE" if value.upper() == "DEFAULT" else value.upper()
         kw[key] = value
     return dataclasses.replace(b, **kw), issues
 

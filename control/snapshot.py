@@ -352,6 +352,8 @@ class Bootstrap:
     access_log_encoding: str = "TEXT"  # TEXT | JSON (MeshConfig.accessLogEncoding)
     access_log_format: str = ""  # "" = Envoy/Istio default (MeshConfig.accessLogFormat)
     dns_servers: tuple[str, ...] = ()  # "ip" or "ip:port"; () = /etc/resolv.conf
+    # NONE | BASE | MERGE_SLASHES | DECODE_AND_MERGE_SLASHES (MeshConfig.pathNormalization)
+    path_normalization: str = "BASE"
     limits: Limits = field(default_factory=Limits)
 
 

@@ -13,7 +13,7 @@ import urllib.parse
 from typing import Optional
 
 from control.snapshot import Cluster, HeaderOps, Snapshot
-from meshproxy.core import http1, router
+from meshproxy.core import http1, pathnorm, router
 from meshproxy.errors import ProtocolError
 
 
@@ -55,6 +55,13 @@ def explain(snap: Snapshot, method: str, url: str, headers: list[str],
     except ProtocolError as e:
         return [f"the sidecar would answer {e.status_hint} (request rejected: {e})"], {
             "status": e.status_hint}
+    # The codec's path normalisation (Bootstrap pathNormalization), before anything routes.
+    mode = snap.bootstrap.path_normalization
+    path = p.path
+    norm = pathnorm.normalize(path, pathnorm.MODES[mode])
+    if norm is None:
+        return [f"the sidecar would answer 400 (path {_s(path)} cannot be normalised: "
+                f"pathNormalization {mode})"], {"status": 400}
     out: list[str] = []
     direction = "inbound" if inbound else "outbound"
     lst = snap.listener(direction)
@@ -63,11 +70,15 @@ def explain(snap: Snapshot, method: str, url: str, headers: list[str],
                            + (" (use --workload)" if inbound else ""))
     out.append(f"request   {method.upper()} {_s(p.path)}  Host: {_s(p.host)}"
                + "".join(f"\n          {h}" for h in headers if not h.lower().startswith("host:")))
+    if norm != path:
+        out.append(f"path      {_s(path)} -> {_s(norm)} (pathNormalization {mode})")
     out.append(f"listener  {lst.name} {lst.address}:{lst.port}")
     clusters = {c.name: c for c in snap.clusters}
     # The data plane's own route context and decision, over stand-in clusters.
     rc = router.build_route_context(lst, {name: _Named(name) for name in clusters})
     req = router.RequestView(p, b"http", lst.port)
+    if norm is not path:
+        req.set_path(norm)
     decision = router.decide(rc, req)
     host = (p.host or b"").decode("latin-1")
     target = router.host_target(rc, p.host) if p.host is not None else None

@@ -17,7 +17,7 @@ from typing import Optional
 from control.snapshot import Snapshot
 from meshproxy import __version__
 from meshproxy.cluster_manager import ClusterManager
-from meshproxy.core import COMPILED, counters, http1conn, router, stream
+from meshproxy.core import COMPILED, counters, http1conn, pathnorm, router, stream
 from meshproxy.filters import build_chain
 
 log = logging.getLogger("meshproxy")
@@ -80,7 +80,8 @@ class Sidecar:
                 lst.name, router.build_route_context(lst, clusters, chain), stats, access_log,
                 max_head_size=b.limits.max_request_headers_kb * 1024,
                 max_request_line=b.limits.max_request_line,
-                max_headers=b.limits.max_headers, version=snap.version)
+                max_headers=b.limits.max_headers, version=snap.version,
+                path_normalization=pathnorm.MODES[b.path_normalization])
         # Bind new listeners (or moved ones) before switching anything, so a failure changes
         # nothing.
         new_servers = {}

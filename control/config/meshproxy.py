@@ -15,6 +15,9 @@ from control.config.schema import (Bool, Duration, Enum, Field, Int, KindSchema,
 
 INBOUND_PORT_ANNOTATION = "meshproxy.io/inbound-port"
 
+#: Istio ``MeshConfig.ProxyPathNormalization.NormalizationType`` (``DEFAULT`` is ``BASE``).
+PATH_NORMALIZATIONS = ("DEFAULT", "NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES")
+
 
 def dns_server(value: str) -> Optional[str]:
     host, port = value, "53"
@@ -57,6 +60,11 @@ BOOTSTRAP = Struct({
     "accessLogFile": Field(Str()),
     "accessLogEncoding": Field(Enum(("TEXT", "JSON"))),
     "accessLogFormat": Field(Str()),
+    "pathNormalization": Field(Struct({
+        "normalization": Field(Enum(PATH_NORMALIZATIONS),
+                               doc="how request paths are normalised before routing, authorization and "
+                                   "forwarding (Istio meshConfig.pathNormalization); default BASE"),
+    })),
     "dnsServers": Field(ListOf(Str(dns_server)),
                         doc='name servers for DNS ServiceEntries: "ip" or "ip:port"; '
                             'default /etc/resolv.conf'),

@@ -7,6 +7,7 @@ from meshproxy._core.http1 cimport RequestParser as CRequestParser
 from meshproxy._core.http1 cimport ResponseParser as CResponseParser
 from meshproxy._core.router cimport RequestView as CRequestView
 from meshproxy._core.stream cimport Codec, ListenerContext, Stream
+from meshproxy._core.pathnorm cimport needs_normalizing, normalize
 
 cdef int ST_HEAD, ST_BODY, ST_WAIT, ST_TUNNEL, ST_CLOSED
 cdef int PAUSE_PIPELINE
@@ -44,7 +45,8 @@ cdef class Http1Connection(Codec):
     @cython.locals(state=int, pos=Py_ssize_t, end=Py_ssize_t, n=Py_ssize_t)
     cpdef _process_loop(self)
     @cython.locals(p=CRequestParser, listener=Listener, has_body=bint, s=Stream,
-                   framer=CChunkedFramer, pre=bint, k=Py_ssize_t, pos=Py_ssize_t)
+                   framer=CChunkedFramer, pre=bint, k=Py_ssize_t, pos=Py_ssize_t, mode=int,
+                   path=bytes, norm=object)
     cpdef _on_head(self, Py_ssize_t n)
     @cython.locals(s=Stream, k=Py_ssize_t)
     cpdef _request_body(self, object buf, Py_ssize_t pos, Py_ssize_t end)

@@ -22,6 +22,7 @@ so in-flight requests finish on the snapshot they started with.
 """
 # Relative imports: compiled, these are the compiled siblings; as meshproxy._py.http1conn, the twins.
 from .http1 import ChunkedFramer, RequestParser
+from .pathnorm import needs_normalizing, normalize
 from .router import RequestView
 from .stream import Codec, ListenerContext, Stream, local_reply  # noqa: F401 (typed in the .pxd)
 
@@ -215,6 +216,19 @@ class Http1Connection(Codec):
     def _on_head(self, n):
         p = self.parser
         listener = self.listener
+        # Path normalisation (Istio pathNormalization, BASE by default): one scan of the path;
+        # only a path that needs it is rewritten, and routing, filters and the upstream then see
+        # the normalised path. A path that cannot be normalised is answered 400, as Envoy does.
+        norm = None
+        mode = listener.ctx.path_normalization
+        path = p.path
+        if needs_normalizing(path, mode):
+            norm = normalize(path, mode)
+            if norm is None:
+                self._protocol_error(ProtocolError("path normalization failed", 400))
+                return
+            if norm is path:
+                norm = None
         self.keep_alive = p.keep_alive and not listener.draining
         pre = False
         k = 0
@@ -242,7 +256,11 @@ class Http1Connection(Codec):
             has_body = self.req_remaining > 0
         self.state = ST_BODY if has_body else ST_WAIT
         self.view.reset(p)
+        if norm is not None:
+            self.view.set_path(norm)
         s = Stream.new(self, listener.ctx, p, self.view)
+        if norm is not None:
+            s.path = norm  # the upstream's path unless a rewrite replaces it
         self.stream = s
         if not has_body:
             s.request_end()

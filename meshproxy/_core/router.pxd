@@ -35,6 +35,8 @@ cdef class RequestView:
     cdef public object block
 
     cpdef reset(self, CRequestParser parser)
+    @cython.locals(q=Py_ssize_t)
+    cpdef set_path(self, bytes path)
     cpdef bytes path(self)
     @cython.locals(u=bytes)
     cpdef bytes uri(self)

@@ -124,8 +124,16 @@ class RequestView:
         self._headers = None
         self.block = None
 
+    def set_path(self, path):
+        """Report ``path`` (origin form, with its query) instead of the request's own: the codec
+        sets the normalised path here, so matching, rewrites and redirects see what goes upstream."""
+        self._path = path
+        self._path_lower = None
+        q = path.find(b"?")
+        self._uri = path if q < 0 else path[:q]
+
     def path(self):
-        """The path and query as sent (origin form)."""
+        """The path and query (origin form): as sent, or as normalised (``set_path``)."""
         path = self._path
         if path is None:
             path = self._path = self.parser.path

@@ -74,6 +74,7 @@ cdef class ListenerContext:
     cdef public object access_log
     cdef public Py_ssize_t max_head_size, max_request_line, max_headers
     cdef public str version
+    cdef public int path_normalization
 
 
 @cython.final

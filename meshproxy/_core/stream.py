@@ -181,11 +181,12 @@ class ListenerContext:
     """Everything a listener serves with; replaced whole on reload.
 
     ``routes`` is the listener's ``router.RouteContext`` (what ``decide`` reads); ``stats`` the
-    listener's counters; the limits are the codec's.
+    listener's counters; the limits are the codec's; ``path_normalization`` the codec's
+    ``pathnorm`` mode (BASE by default).
     """
 
     def __init__(self, name, routes, stats, access_log=None, max_head_size=61440,
-                 max_request_line=16384, max_headers=100, version=""):
+                 max_request_line=16384, max_headers=100, version="", path_normalization=1):
         self.name = name
         self.routes = routes
         self.stats = stats
@@ -194,6 +195,7 @@ class ListenerContext:
         self.max_request_line = max_request_line
         self.max_headers = max_headers
         self.version = version
+        self.path_normalization = path_normalization
 
 
 class Stream:
@@ -275,7 +277,8 @@ class Stream:
         if d.action == A_ROUTE:
             cluster = d.cluster
             self.cluster = cluster
-            self.path = d.path
+            if d.path is not None:  # a rewrite; else the codec's (normalised) path, or None
+                self.path = d.path
             self.rule = d.retry
             if d.retry.replay:
                 self.replay = []
