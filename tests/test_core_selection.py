@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ("http1", "balancer", "counters", "router", "cluster", "stream", "http1conn")
-SINGLE_SOURCE = ("router", "cluster", "stream", "http1conn")
+MODULES = ("http1", "balancer", "counters", "timers", "router", "cluster", "stream", "http1conn")
+SINGLE_SOURCE = ("timers", "router", "cluster", "stream", "http1conn")
 
 
 def _probe(env_extra):

@@ -15,7 +15,7 @@ import os
 import sys
 
 #: Modules written once in ``meshproxy/_core/<name>.py`` and compiled with ``<name>.pxd``.
-SINGLE_SOURCE = ("router", "cluster", "stream", "http1conn")
+SINGLE_SOURCE = ("timers", "router", "cluster", "stream", "http1conn")
 
 _CORE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_core")
 
