@@ -23,6 +23,11 @@ cdef class ClusterStats:
     cdef readonly int64_t cx_active
     cdef readonly uint64_t cx_connect_fail
     cdef readonly uint64_t cx_destroy_remote
+    # Downstream limits and timeouts (listeners only).
+    cdef readonly uint64_t cx_overflow
+    cdef readonly uint64_t cx_idle_timeout
+    cdef readonly uint64_t rq_header_timeout
+    cdef readonly uint64_t rq_idle_timeout
     # Bytes.
     cdef readonly uint64_t bytes_rx
     cdef readonly uint64_t bytes_tx
@@ -43,3 +48,7 @@ cdef class ClusterStats:
     cpdef void cx_remote_close(self) noexcept
     cpdef void timeout(self) noexcept
     cpdef void reset(self) noexcept
+    cpdef void overflow(self) noexcept
+    cpdef void idle_timeout(self) noexcept
+    cpdef void header_timeout(self) noexcept
+    cpdef void stream_idle_timeout(self) noexcept

@@ -18,6 +18,8 @@ Snapshot format (``ClusterStats.snapshot()``, also what ``merge`` returns)::
      "rq_total": int, "rq_active": int, "rq_completed": int, "rq_timeout": int, "rq_reset": int,
      "cx_total": int, "cx_active": int, "cx_connect_fail": int, "cx_destroy_remote": int,
      "bytes_rx": int, "bytes_tx": int,
+     "cx_overflow": int, "cx_idle_timeout": int,          # listeners only (0 for clusters)
+     "rq_header_timeout": int, "rq_idle_timeout": int,
      "codes": {status: count},          # non-zero only; 0 = no status / out of range
      "flags": {"UF|503": count},        # "<response flags>|<status>"
      "latency": {"buckets": [count] * 20,   # per bucket (NOT cumulative), last one is +Inf
@@ -72,6 +74,18 @@ class ClusterStats:
     def bytes_rx(self) -> int: ...
     @property
     def bytes_tx(self) -> int: ...
+    @property
+    def cx_overflow(self) -> int:
+        """Connections closed at accept: the listener was at its connection limit."""
+    @property
+    def cx_idle_timeout(self) -> int:
+        """Client connections closed by the idle timeout."""
+    @property
+    def rq_header_timeout(self) -> int:
+        """Client connections closed because a request head did not arrive in time."""
+    @property
+    def rq_idle_timeout(self) -> int:
+        """Requests ended by the stream idle timeout."""
     def __init__(self, name: str) -> None: ...
     def rq_start(self) -> None:
         """A request began: ``rq_total += 1``, ``rq_active += 1``."""
@@ -101,6 +115,14 @@ class ClusterStats:
         """``rq_timeout += 1``."""
     def reset(self) -> None:
         """``rq_reset += 1``."""
+    def overflow(self) -> None:
+        """``cx_overflow += 1`` (the connection was never counted in ``cx_total``)."""
+    def idle_timeout(self) -> None:
+        """``cx_idle_timeout += 1``."""
+    def header_timeout(self) -> None:
+        """``rq_header_timeout += 1``."""
+    def stream_idle_timeout(self) -> None:
+        """``rq_idle_timeout += 1``."""
     def flag(self, flags: str, status: int) -> None:
         """Count a response carrying Envoy response flags (cold path).
 

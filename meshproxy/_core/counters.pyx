@@ -87,6 +87,18 @@ cdef class ClusterStats:
     cpdef void reset(self) noexcept:
         self.rq_reset += 1
 
+    cpdef void overflow(self) noexcept:
+        self.cx_overflow += 1
+
+    cpdef void idle_timeout(self) noexcept:
+        self.cx_idle_timeout += 1
+
+    cpdef void header_timeout(self) noexcept:
+        self.rq_header_timeout += 1
+
+    cpdef void stream_idle_timeout(self) noexcept:
+        self.rq_idle_timeout += 1
+
     def flag(self, str flags not None, long status):
         key = (flags, status)
         self.flags[key] = self.flags.get(key, 0) + 1
@@ -115,6 +127,10 @@ cdef class ClusterStats:
             "rq_reset": self.rq_reset,
             "bytes_rx": self.bytes_rx,
             "bytes_tx": self.bytes_tx,
+            "cx_overflow": self.cx_overflow,
+            "cx_idle_timeout": self.cx_idle_timeout,
+            "rq_header_timeout": self.rq_header_timeout,
+            "rq_idle_timeout": self.rq_idle_timeout,
             "codes": codes,
             "flags": {f"{f}|{s}": n for (f, s), n in self.flags.items()},
             "latency": {"buckets": buckets, "sum_ms": self.sum_us / 1000.0, "count": count},
