@@ -2,9 +2,7 @@
 # same file uncompiled): the hashed timing wheel behind every data-plane timeout.
 cimport cython
 
-cdef double RESOLUTION
-cdef Py_ssize_t SLOTS
-
+# (RESOLUTION and SLOTS stay Python globals: the sidecar reads them.)
 
 @cython.final
 @cython.freelist(64)
