@@ -17,7 +17,7 @@ from typing import Optional
 from control.snapshot import Snapshot
 from meshproxy import __version__
 from meshproxy.cluster_manager import ClusterManager
-from meshproxy.core import COMPILED, counters, http1conn, router, stream
+from meshproxy.core import COMPILED, counters, http1conn, router, stream, timers
 from meshproxy.filters import build_chain
 
 log = logging.getLogger("meshproxy")
@@ -43,6 +43,8 @@ class Sidecar:
         self.state = "PRE_INITIALIZING"
         self.started = time.time()
         self._tick_handle = None
+        # Every downstream timeout of this worker (head, idle, stream idle) on one timing wheel.
+        self.timers = timers.TimerWheel(loop, timers.RESOLUTION)
 
     @property
     def clusters(self) -> dict:
@@ -86,7 +88,8 @@ class Sidecar:
                 addr = (lst.address, lst.port)
                 if self.bound.get(lst.name) == addr and lst.name in self.listeners:
                     continue
-                listener = http1conn.Listener(contexts[lst.name], self.loop)
+                listener = http1conn.Listener(contexts[lst.name], self.loop, self.timers)
+                listener.configure(b.limits)
                 server = await self.loop.create_server(
                     listener.protocol_factory, lst.address, lst.port,
                     reuse_port=self.reuse_port or None, backlog=2048)
@@ -105,6 +108,7 @@ class Sidecar:
                 self.bound.pop(name, None)
             else:
                 listener.ctx = contexts[name]
+                listener.configure(b.limits)
         for name, (listener, addr) in new_servers.items():
             self.listeners[name] = listener
             self.bound[name] = addr
@@ -158,6 +162,7 @@ class Sidecar:
             self.access_log.flush()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
+        self.timers.stop()
 
     # -- what the admin endpoints read (AdminProvider) -------------------------------------
 

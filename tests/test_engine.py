@@ -1193,7 +1193,15 @@ def test_pooled_upstream_for_a_paused_client_starts_paused(b, make_engine):
     conn.pause_writing()
     assert up_t.reading  # idle, nothing to pause
     conn.data_received(get("web"))
+    # The per-connection buffer limit: no pipelined request is served while the client does not
+    # read, and the client is not read either.
+    assert conn.stream is None, "a pipelined request served while the client cannot take more"
+    assert not client_t.reading
+    conn.resume_writing()
+    assert client_t.reading
     assert conn.stream.upstream is upstream_of(up_t)
+    assert up_t.reading
+    conn.pause_writing()
     assert not up_t.reading, "pooled upstream reads while the client cannot take more"
     conn.resume_writing()
     assert up_t.reading
