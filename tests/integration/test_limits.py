@@ -249,3 +249,21 @@ def test_unread_pipelined_local_replies_bounded(make_sidecar, echo):
     assert served < n * 0.5, f"{served} local replies made for a client reading nothing"
     assert (peak - idle) * 1024 <= 8 * MB, f"RSS grew {(peak - idle) / 1024:.1f} MB"
     assert get(addr) == 200
+
+
+def test_stream_idle_timeout(make_sidecar, echo):
+    """Off by default (as Istio's sidecars); when set, a request with no bytes either way for that
+    long gets 408 (flag SI) and the connection closes."""
+    s = limited(make_sidecar, streamIdleTimeout="1s")
+    c = RawConn(s.host, s.outbound)
+    t0 = time.monotonic()
+    c.send(b"GET /delay/3 HTTP/1.1\r\nHost: " + ECHO_HOST.encode() + b"\r\n\r\n")
+    st, headers, body, _ = c.read_response()
+    took = time.monotonic() - t0
+    assert st == 408 and body == b"stream timeout", (st, body)
+    assert 0.85 <= took <= 1.0 + 0.1 + 0.6, took
+    assert c.is_closed(timeout=2.0)
+    c.close()
+    assert stat(s, "http.virtualOutbound.downstream_rq_idle_timeout") == 1
+    # A response that keeps coming is not idle, however long it takes as a whole.
+    assert get((s.host, s.outbound), "/delay/0.5") == 200
