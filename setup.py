@@ -15,7 +15,7 @@ DEBUG = bool(os.environ.get("MESHPROXY_DEBUG"))
 # beside them; their twin is the same source, imported uncompiled as meshproxy._py.<name>
 # (see meshproxy/_py/__init__.py).
 PYX_MODULES = ["http1", "balancer", "counters"]
-PURE_MODE_MODULES = ["pathnorm", "router", "cluster", "stream", "http1conn"]
+PURE_MODE_MODULES = ["pathnorm", "timers", "router", "cluster", "stream", "http1conn"]
 
 
 def extensions():

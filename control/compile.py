@@ -599,6 +599,12 @@ def _bootstrap(spec: dict, raw: dict) -> Bootstrap:
         max_request_headers_kb=lim.get("maxRequestHeadersKb", b.limits.max_request_headers_kb),
         max_request_line=lim.get("maxRequestLine", b.limits.max_request_line),
         max_headers=lim.get("maxHeaders", b.limits.max_headers),
+        request_headers_timeout=float(lim.get("requestHeadersTimeout", b.limits.request_headers_timeout)),
+        idle_timeout=float(lim.get("idleTimeout", b.limits.idle_timeout)),
+        stream_idle_timeout=float(lim.get("streamIdleTimeout", b.limits.stream_idle_timeout)),
+        per_connection_buffer_limit_bytes=lim.get("perConnectionBufferLimitBytes",
+                                                  b.limits.per_connection_buffer_limit_bytes),
+        max_downstream_connections=lim.get("maxDownstreamConnections", b.limits.max_downstream_connections),
     )
     return dataclasses.replace(b, limits=limits, **kw)
 

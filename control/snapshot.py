@@ -331,6 +331,12 @@ class Limits:
     max_request_headers_kb: int = 60  # Envoy's default; 431 beyond
     max_request_line: int = 16384  # 414 beyond
     max_headers: int = 100  # Envoy's default; 431 beyond
+    # Downstream timeouts (seconds, 0 = disabled) and limits; Envoy's names in brackets.
+    request_headers_timeout: float = 10.0  # whole request head within this (request_headers_timeout)
+    idle_timeout: float = 3600.0  # a connection with no request in flight (idle_timeout; Istio: 1h)
+    stream_idle_timeout: float = 0.0  # a request with no bytes either way (stream_idle_timeout)
+    per_connection_buffer_limit_bytes: int = 1048576  # (per_connection_buffer_limit_bytes)
+    max_downstream_connections: int = 16384  # per listener and worker; 0 = no limit
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ import importlib
 from meshproxy._env import NO_EXTENSIONS
 
 #: Every hot-path module, in dependency order.
-MODULES = ("http1", "balancer", "counters", "pathnorm", "router", "cluster", "stream", "http1conn")
+MODULES = ("http1", "balancer", "counters", "pathnorm", "timers", "router", "cluster", "stream",
+           "http1conn")
 
 
 def _load(package):
@@ -34,6 +35,6 @@ if not NO_EXTENSIONS:
 if not COMPILED:
     _mods = _load("meshproxy._py")
 
-http1, balancer, counters, pathnorm, router, cluster, stream, http1conn = _mods
+http1, balancer, counters, pathnorm, timers, router, cluster, stream, http1conn = _mods
 
 __all__ = ["COMPILED", "MODULES", "is_compiled"] + list(MODULES)

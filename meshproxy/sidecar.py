@@ -17,7 +17,7 @@ from typing import Optional
 from control.snapshot import Snapshot
 from meshproxy import __version__
 from meshproxy.cluster_manager import ClusterManager
-from meshproxy.core import COMPILED, counters, http1conn, pathnorm, router, stream
+from meshproxy.core import COMPILED, counters, http1conn, pathnorm, router, stream, timers
 from meshproxy.filters import build_chain
 
 log = logging.getLogger("meshproxy")
@@ -46,6 +46,8 @@ class Sidecar:
         self._idle_task = None
         self.quit = None  # set by the runner: ``async quit()`` begins the process's drain
         self.on_idle = None  # ``async on_idle()`` after /drain_listeners with exit-on-zero; None: quit
+        # Every downstream timeout of this worker (head, idle, stream idle) on one timing wheel.
+        self.timers = timers.TimerWheel(loop, timers.RESOLUTION)
 
     @property
     def clusters(self) -> dict:
@@ -90,7 +92,8 @@ class Sidecar:
                 addr = (lst.address, lst.port)
                 if self.bound.get(lst.name) == addr and lst.name in self.listeners:
                     continue
-                listener = http1conn.Listener(contexts[lst.name], self.loop)
+                listener = http1conn.Listener(contexts[lst.name], self.loop, self.timers)
+                listener.configure(b.limits)
                 server = await self.loop.create_server(
                     listener.protocol_factory, lst.address, lst.port,
                     reuse_port=self.reuse_port or None, backlog=2048)
@@ -109,6 +112,7 @@ class Sidecar:
                 self.bound.pop(name, None)
             else:
                 listener.ctx = contexts[name]
+                listener.configure(b.limits)
         for name, (listener, addr) in new_servers.items():
             self.listeners[name] = listener
             self.bound[name] = addr
@@ -190,6 +194,7 @@ class Sidecar:
             self.access_log.flush()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
+        self.timers.stop()
 
     # -- what the admin endpoints read (AdminProvider) -------------------------------------
 

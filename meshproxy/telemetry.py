@@ -60,6 +60,13 @@ _STATS = (
 # Listeners do not connect anywhere.
 _LISTENER_SKIP = frozenset({"cx_connect_fail", "rq_retry", "rq_retry_success", "rq_retry_overflow",
                             "rq_retry_limit_exceeded"})
+# Listener-only counters (downstream timeouts): snapshot key -> Envoy http.<prefix>.downstream_*.
+_LISTENER_ONLY = (
+    ("cx_idle_timeout", "cx_idle_timeout", "counter"),
+    ("rq_header_timeout", "rq_header_timeout", "counter"),
+    ("rq_idle_timeout", "rq_idle_timeout", "counter"),
+)
+# Envoy keeps the connection-limit counter in the listener's scope: listener.<addr>.downstream_cx_overflow.
 
 _LE = tuple(str(int(b)) if float(b).is_integer() else repr(float(b)) for b in counters.BUCKETS_MS) + ("+Inf",)
 
@@ -267,6 +274,12 @@ def render_prometheus(clusters: list, cluster_stats: list, listener_stats: list,
                 continue
             exp.sample(f"envoy_http_downstream_{suffix}", typ, f"Envoy http.downstream_{suffix}",
                        lab, snap.get(key, 0))
+        for key, suffix, typ in _LISTENER_ONLY:
+            exp.sample(f"envoy_http_downstream_{suffix}", typ, f"Envoy http.downstream_{suffix}",
+                       lab, snap.get(key, 0))
+        exp.sample("envoy_listener_downstream_cx_overflow", "counter",
+                   "Envoy listener.downstream_cx_overflow (connections over the listener's limit)",
+                   [("envoy_listener_address", snap["name"])], snap.get("cx_overflow", 0))
         classes = {}
         for code, n in snap.get("codes", {}).items():
             if 100 <= code <= 599:
@@ -345,5 +358,8 @@ def render_envoy_text(cluster_stats: list, listener_stats: list, clusters: list 
             lines.append((f"{prefix}.membership_healthy", str(healthy)))
     for snap in listener_stats:
         add(f"http.{snap['name']}", snap, "downstream")
+        for key, suffix, _typ in _LISTENER_ONLY:
+            lines.append((f"http.{snap['name']}.downstream_{suffix}", str(snap.get(key, 0))))
+        lines.append((f"listener.{snap['name']}.downstream_cx_overflow", str(snap.get("cx_overflow", 0))))
     lines.sort()
     return "".join(f"{k}: {v}\n" for k, v in lines).encode()

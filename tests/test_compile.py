@@ -375,3 +375,21 @@ def test_build_snapshot_reports_every_problem(tmp_path):
 def test_compile_snapshot_from_loaded_config():
     cfg = load_config(MESH)
     assert compile_snapshot(cfg, workload="client") == build_snapshot(MESH, workload="client")
+
+
+def test_bootstrap_downstream_timeouts_and_limits(tmp_path):
+    """Defaults (Envoy's names: request_headers_timeout, idle_timeout, stream_idle_timeout,
+    per_connection_buffer_limit_bytes, a listener connection limit) and their Bootstrap spelling."""
+    d = Limits()
+    assert (d.request_headers_timeout, d.idle_timeout, d.stream_idle_timeout,
+            d.per_connection_buffer_limit_bytes, d.max_downstream_connections) == (
+        10.0, 3600.0, 0.0, 1 << 20, 16384)
+    boot = BOOT.replace(
+        "limits: {maxRequestHeadersKb: 96, maxRequestLine: 8192, maxHeaders: 50}",
+        "limits: {requestHeadersTimeout: 2s, idleTimeout: 5m, streamIdleTimeout: 300s, "
+        "perConnectionBufferLimitBytes: 65536, maxDownstreamConnections: 0}")
+    snap = build_snapshot(write(tmp_path, boot + doc("WorkloadEntry", "two", "address: 127.0.0.9")))
+    assert snap.bootstrap.limits == Limits(request_headers_timeout=2.0, idle_timeout=300.0,
+                                           stream_idle_timeout=300.0,
+                                           per_connection_buffer_limit_bytes=65536,
+                                           max_downstream_connections=0)

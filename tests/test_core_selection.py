@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ("http1", "balancer", "counters", "pathnorm", "router", "cluster", "stream", "http1conn")
-SINGLE_SOURCE = ("pathnorm", "router", "cluster", "stream", "http1conn")
+MODULES = ("http1", "balancer", "counters", "pathnorm", "timers", "router", "cluster", "stream",
+           "http1conn")
+SINGLE_SOURCE = ("pathnorm", "timers", "router", "cluster", "stream", "http1conn")
 
 
 def _probe(env_extra):

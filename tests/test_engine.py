@@ -1201,10 +1201,44 @@ def test_pooled_upstream_for_a_paused_client_starts_paused(b, make_engine):
     conn.pause_writing()
     assert up_t.reading  # idle, nothing to pause
     conn.data_received(get("web"))
+    # The per-connection buffer limit: no pipelined request is served while the client does not
+    # read, and the client is not read either.
+    assert conn.stream is None, "a pipelined request served while the client cannot take more"
+    assert not client_t.reading
+    conn.resume_writing()
+    assert client_t.reading
     assert conn.stream.upstream is upstream_of(up_t)
+    assert up_t.reading
+    conn.pause_writing()
     assert not up_t.reading, "pooled upstream reads while the client cannot take more"
     conn.resume_writing()
     assert up_t.reading
+
+
+def test_local_replies_stop_while_the_client_does_not_read(b, make_engine):
+    """Pipelined requests answered locally (404 NR) are not parsed while the client's transport
+    is over its write limit: the replies cannot pile up in its write buffer."""
+    e = make_engine()
+    t = FakeTransport(PEER, ("127.0.0.1", 15001))
+    conn = e.listener.protocol_factory()
+    t.protocol = conn
+    plain_write = t.write
+    writes = [0]
+
+    def write(data):  # the transport goes over its high-water mark on the 3rd reply
+        plain_write(data)
+        writes[0] += 1
+        if writes[0] == 3:
+            conn.pause_writing()
+
+    t.write = write
+    conn.connection_made(t)
+    conn.data_received(get("nowhere.example.com") * 10)
+    assert t.take().count(b"HTTP/1.1 404 ") == 3
+    assert not t.reading, "the client is still read while it does not read its responses"
+    conn.resume_writing()
+    assert t.take().count(b"HTTP/1.1 404 ") == 7
+    assert t.reading
 
 
 def test_request_bytes_buffered_while_connecting_pause_the_client(b, make_engine):

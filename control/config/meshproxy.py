@@ -72,6 +72,11 @@ BOOTSTRAP = Struct({
         "maxRequestHeadersKb": Field(Int(1, 8192)),
         "maxRequestLine": Field(Int(1, 1 << 20)),
         "maxHeaders": Field(Int(1, 10000)),
+        "requestHeadersTimeout": Field(Duration(), doc="the whole request head within this; 0s = none"),
+        "idleTimeout": Field(Duration(), doc="close a client connection idle this long; 0s = never"),
+        "streamIdleTimeout": Field(Duration(), doc="a request with no activity this long; 0s = never"),
+        "perConnectionBufferLimitBytes": Field(Int(16384, 1 << 30)),
+        "maxDownstreamConnections": Field(Int(0, 1 << 24), doc="per listener and worker; 0 = no limit"),
     })),
     "upstream": Field(Struct({
         "connectTimeout": Field(Duration(positive=True)),

@@ -28,6 +28,11 @@ cdef class ClusterStats:
     cdef readonly int64_t cx_active
     cdef readonly uint64_t cx_connect_fail
     cdef readonly uint64_t cx_destroy_remote
+    # Downstream limits and timeouts (listeners only).
+    cdef readonly uint64_t cx_overflow
+    cdef readonly uint64_t cx_idle_timeout
+    cdef readonly uint64_t rq_header_timeout
+    cdef readonly uint64_t rq_idle_timeout
     # Bytes.
     cdef readonly uint64_t bytes_rx
     cdef readonly uint64_t bytes_tx
@@ -52,3 +57,7 @@ cdef class ClusterStats:
     cpdef void retry_success(self) noexcept
     cpdef void retry_overflow(self) noexcept
     cpdef void retry_limit_exceeded(self) noexcept
+    cpdef void overflow(self) noexcept
+    cpdef void idle_timeout(self) noexcept
+    cpdef void header_timeout(self) noexcept
+    cpdef void stream_idle_timeout(self) noexcept

@@ -20,6 +20,8 @@ Snapshot format (``ClusterStats.snapshot()``, also what ``merge`` returns)::
      "bytes_rx": int, "bytes_tx": int,
      "rq_retry": int, "rq_retry_success": int, "rq_retry_overflow": int,
      "rq_retry_limit_exceeded": int,
+     "cx_overflow": int, "cx_idle_timeout": int,          # listeners only (0 for clusters)
+     "rq_header_timeout": int, "rq_idle_timeout": int,
      "codes": {status: count},          # non-zero only; 0 = no status / out of range
      "flags": {"UF|503": count},        # "<response flags>|<status>"
      "latency": {"buckets": [count] * 20,   # per bucket (NOT cumulative), last one is +Inf
@@ -86,6 +88,17 @@ class ClusterStats:
     @property
     def rq_retry_limit_exceeded(self) -> int:
         """Requests that failed retriably with no attempt left (flag ``URX``)."""
+    def cx_overflow(self) -> int:
+        """Connections closed at accept: the listener was at its connection limit."""
+    @property
+    def cx_idle_timeout(self) -> int:
+        """Client connections closed by the idle timeout."""
+    @property
+    def rq_header_timeout(self) -> int:
+        """Client connections closed because a request head did not arrive in time."""
+    @property
+    def rq_idle_timeout(self) -> int:
+        """Requests ended by the stream idle timeout."""
     def __init__(self, name: str) -> None: ...
     def rq_start(self) -> None:
         """A request began: ``rq_total += 1``, ``rq_active += 1``."""
@@ -123,6 +136,14 @@ class ClusterStats:
         """``rq_timeout += 1``."""
     def reset(self) -> None:
         """``rq_reset += 1``."""
+    def overflow(self) -> None:
+        """``cx_overflow += 1`` (the connection was never counted in ``cx_total``)."""
+    def idle_timeout(self) -> None:
+        """``cx_idle_timeout += 1``."""
+    def header_timeout(self) -> None:
+        """``rq_header_timeout += 1``."""
+    def stream_idle_timeout(self) -> None:
+        """``rq_idle_timeout += 1``."""
     def flag(self, flags: str, status: int) -> None:
         """Count a response carrying Envoy response flags (cold path).
 

@@ -98,6 +98,17 @@ cdef class ClusterStats:
 
     cpdef void retry_limit_exceeded(self) noexcept:
         self.rq_retry_limit_exceeded += 1
+    cpdef void overflow(self) noexcept:
+        self.cx_overflow += 1
+
+    cpdef void idle_timeout(self) noexcept:
+        self.cx_idle_timeout += 1
+
+    cpdef void header_timeout(self) noexcept:
+        self.rq_header_timeout += 1
+
+    cpdef void stream_idle_timeout(self) noexcept:
+        self.rq_idle_timeout += 1
 
     def flag(self, str flags not None, long status):
         key = (flags, status)
@@ -131,6 +142,10 @@ cdef class ClusterStats:
             "rq_retry_success": self.rq_retry_success,
             "rq_retry_overflow": self.rq_retry_overflow,
             "rq_retry_limit_exceeded": self.rq_retry_limit_exceeded,
+            "cx_overflow": self.cx_overflow,
+            "cx_idle_timeout": self.cx_idle_timeout,
+            "rq_header_timeout": self.rq_header_timeout,
+            "rq_idle_timeout": self.rq_idle_timeout,
             "codes": codes,
             "flags": {f"{f}|{s}": n for (f, s), n in self.flags.items()},
             "latency": {"buckets": buckets, "sum_ms": self.sum_us / 1000.0, "count": count},

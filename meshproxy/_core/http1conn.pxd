@@ -8,9 +8,11 @@ from meshproxy._core.http1 cimport ResponseParser as CResponseParser
 from meshproxy._core.router cimport RequestView as CRequestView
 from meshproxy._core.stream cimport Codec, ListenerContext, Stream
 from meshproxy._core.pathnorm cimport needs_normalizing, normalize
+from meshproxy._core.timers cimport Timer, TimerWheel
 
 cdef int ST_HEAD, ST_BODY, ST_WAIT, ST_TUNNEL, ST_CLOSED
-cdef int PAUSE_PIPELINE
+cdef int PAUSE_PIPELINE, PAUSE_WRITE
+cdef int T_NONE, T_IDLE, T_HEAD, T_STREAM
 cdef Py_ssize_t MAX_PIPELINED
 
 
@@ -21,6 +23,9 @@ cdef class Listener:
     cdef public set connections
     cdef public bint draining
     cdef public object server
+    cdef public TimerWheel timers
+    cdef public double head_timeout, idle_timeout, stream_idle_timeout
+    cdef public Py_ssize_t buffer_limit, max_connections
 
 
 @cython.final
@@ -40,6 +45,8 @@ cdef class Http1Connection(Codec):
     cdef public Stream stream
     cdef public object peer, sockname
     cdef public tuple addr_strs
+    cdef public Timer timer
+    cdef public int tkind
 
     cpdef _process(self)
     @cython.locals(state=int, pos=Py_ssize_t, end=Py_ssize_t, n=Py_ssize_t)
@@ -53,3 +60,11 @@ cdef class Http1Connection(Codec):
     @cython.locals(framer=CChunkedFramer, fwd=Py_ssize_t)
     cpdef _chunked_body(self, Stream s, object buf, Py_ssize_t pos, Py_ssize_t k)
     cpdef _close(self)
+    cpdef _arm_head(self)
+    cpdef _arm_stream(self)
+    @cython.locals(timer=Timer)
+    cpdef _touch(self)
+    @cython.locals(timer=Timer, idle=double)
+    cpdef _arm_idle(self)
+    @cython.locals(kind=int, state=int, s=Stream)
+    cpdef on_timer(self, double now)

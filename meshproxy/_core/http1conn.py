@@ -16,7 +16,20 @@ buffer. The connection's state moves:
     any --101 Switching Protocols--> ST_TUNNEL (bytes copied both ways until either side closes)
     any --error or close--> ST_CLOSED
 
-A request with no body goes straight from ST_HEAD to ST_WAIT. Routing state lives in a
+A request with no body goes straight from ST_HEAD to ST_WAIT.
+
+Timeouts and limits (``Listener.configure`` from the Bootstrap's ``limits``): each connection owns
+one ``timers.Timer`` for its life and a ``tkind`` saying what its deadline means: T_IDLE (no
+request in flight: the downstream idle timeout), T_HEAD (part of a request head buffered: the head
+must be complete by then), T_STREAM (a request in flight: the stream idle timeout, pushed forward
+by every byte either way) or T_NONE. Re-arming per request writes a deadline and an int: the
+timing wheel moves the timer lazily (see ``timers``). The client's transport write buffer is
+limited (``set_write_buffer_limits(high=per_connection_buffer_limit_bytes)``): over it
+(``pause_writing``) the upstream stops being read, the client stops being read, and no further
+pipelined request is parsed (local replies included) until ``resume_writing``. A listener at
+``max_downstream_connections`` closes new connections at once (counted as ``cx_overflow``).
+
+Routing state lives in a
 ``stream.ListenerContext`` per listener, replaced whole on reload; a stream reads it once, when it starts,
 so in-flight requests finish on the snapshot they started with.
 """
@@ -25,6 +38,7 @@ from .http1 import ChunkedFramer, RequestParser
 from .pathnorm import needs_normalizing, normalize
 from .router import RequestView
 from .stream import Codec, ListenerContext, Stream, local_reply  # noqa: F401 (typed in the .pxd)
+from .timers import Timer
 
 from meshproxy.errors import ProtocolError
 
@@ -35,18 +49,40 @@ ST_TUNNEL = 3
 ST_CLOSED = 4
 
 PAUSE_PIPELINE = 16  # (a codec's own pause reasons start at 16, see stream.PAUSE_*)
+PAUSE_WRITE = 32  # the client's transport write buffer is over the per-connection limit
+
+# What a connection's timer deadline means.
+T_NONE = 0
+T_IDLE = 1  # downstream idle timeout (no request in flight)
+T_HEAD = 2  # request head timeout (a partial head is buffered)
+T_STREAM = 3  # stream idle timeout (a request in flight)
 MAX_PIPELINED = 65536  # pipelined bytes held while a response is pending before reading pauses
 
 
 class Listener:
     """A listening socket's shared state: the current context and the open connections."""
 
-    def __init__(self, ctx, loop):
+    def __init__(self, ctx, loop, timers=None):
         self.ctx = ctx
         self.loop = loop
         self.connections = set()
         self.draining = False
         self.server = None
+        self.timers = timers  # a timers.TimerWheel; None: no timeouts
+        self.head_timeout = 0.0  # seconds; 0 = none (all four)
+        self.idle_timeout = 0.0
+        self.stream_idle_timeout = 0.0
+        self.buffer_limit = 0  # bytes of client transport write buffer; 0 = transport default
+        self.max_connections = 0  # 0 = no limit
+
+    def configure(self, limits):
+        """Take the timeouts and limits of a Bootstrap ``Limits`` (new connections get the new
+        buffer limit; timeouts apply from the next time a connection arms its timer)."""
+        self.head_timeout = float(limits.request_headers_timeout)
+        self.idle_timeout = float(limits.idle_timeout)
+        self.stream_idle_timeout = float(limits.stream_idle_timeout)
+        self.buffer_limit = int(limits.per_connection_buffer_limit_bytes)
+        self.max_connections = int(limits.max_downstream_connections)
 
     def protocol_factory(self):
         return Http1Connection(self)
@@ -81,6 +117,8 @@ class Http1Connection(Codec):
         self.peer = None
         self.sockname = None
         self.addr_strs = None  # (local, remote) "ip:port" for the access log, made on first use
+        self.timer = None
+        self.tkind = T_NONE
 
     # -- asyncio protocol interface ------------------------------------------------------------
 
@@ -88,7 +126,21 @@ class Http1Connection(Codec):
         self.transport = transport
         self.tx = transport.write  # bound once: no attribute lookup per response
         listener = self.listener
+        if 0 < listener.max_connections <= len(listener.connections):
+            # Envoy's downstream_cx_overflow: closed at once, never counted as open.
+            listener.ctx.stats.overflow()
+            self.state = ST_CLOSED
+            transport.close()
+            return
         listener.connections.add(self)
+        if listener.buffer_limit > 0:
+            transport.set_write_buffer_limits(high=listener.buffer_limit)
+        wheel = listener.timers
+        if wheel is not None:
+            self.timer = Timer(wheel, self)
+            if listener.idle_timeout > 0.0:
+                self.tkind = T_IDLE
+                wheel.arm(self.timer, wheel.now + listener.idle_timeout)
         listener.ctx.stats.cx_open()
         peer = transport.get_extra_info("peername")
         self.peer = peer
@@ -102,6 +154,8 @@ class Http1Connection(Codec):
 
     def data_received(self, data):
         state = self.state
+        if self.tkind == T_STREAM:
+            self._touch()
         if state == ST_TUNNEL:
             s = self.stream
             if s is not None:
@@ -140,8 +194,15 @@ class Http1Connection(Codec):
 
     def connection_lost(self, exc):
         listener = self.listener
-        listener.connections.discard(self)
-        listener.ctx.stats.cx_close()
+        if self in listener.connections:  # (not for a connection closed as an overflow)
+            listener.connections.discard(self)
+            listener.ctx.stats.cx_close()
+        t = self.timer
+        if t is not None:
+            self.tkind = T_NONE
+            t.cancel()
+            t.target = None  # no cycle left behind
+            self.timer = None
         s = self.stream
         self.stream = None
         if s is not None:
@@ -150,16 +211,26 @@ class Http1Connection(Codec):
         self.buf = None
 
     def pause_writing(self):
+        # The client does not read what it is sent: stop reading what the upstream sends, and
+        # stop reading (and serving) the client's pipelined requests. A request body being
+        # uploaded or tunnel bytes keep flowing (the upstream side bounds them).
         self.write_paused = True
+        state = self.state
+        if state != ST_BODY and state != ST_TUNNEL:
+            self.pause_reading(PAUSE_WRITE)
         s = self.stream
         if s is not None:
             s.pause_upstream()
 
     def resume_writing(self):
         self.write_paused = False
+        self.resume_reading(PAUSE_WRITE)
         s = self.stream
         if s is not None:
             s.resume_upstream()
+        elif (self.state == ST_HEAD and not self.in_process and self.buf is not None
+                and self.transport is not None):
+            self._process()  # pipelined requests held while the client was not reading
 
     # -- request parsing ---------------------------------------------------------------------------
 
@@ -183,6 +254,11 @@ class Http1Connection(Codec):
                 self.pos = 0
                 return
             if state == ST_HEAD:
+                if self.write_paused:
+                    # The client is not reading its responses: serve nothing more (local
+                    # replies included) until it does (resume_writing).
+                    self.pause_reading(PAUSE_WRITE)
+                    return
                 try:
                     n = self.parser.parse(buf, pos)
                 except ProtocolError as e:
@@ -193,8 +269,15 @@ class Http1Connection(Codec):
                         nb = bytearray(buf[pos:]) if pos else bytearray(buf)
                         self.buf = nb
                         self.pos = 0
+                    if self.tkind != T_HEAD and self.timer is not None:
+                        self._arm_head()
                     return
                 self.pos = pos + n
+                if self.timer is not None:
+                    if self.listener.stream_idle_timeout > 0.0:
+                        self._arm_stream()
+                    else:
+                        self.tkind = T_NONE  # (lazy: a stale deadline finds T_NONE and is dropped)
                 self._on_head(n)
             elif state == ST_BODY:
                 self._request_body(buf, pos, end)
@@ -316,6 +399,64 @@ class Http1Connection(Codec):
             if s is not None:
                 s.request_end()
 
+    # -- timeouts --------------------------------------------------------------------------------
+
+    def _arm_head(self):
+        """Part of a request head is buffered: the rest must come within the head timeout."""
+        t = self.listener.head_timeout
+        if t > 0.0:
+            self.tkind = T_HEAD
+            self.timer.wheel.arm(self.timer, self.loop.time() + t)
+
+    def _arm_stream(self):
+        self.tkind = T_STREAM
+        self._touch()
+
+    def _touch(self):
+        """Stream activity: push the stream idle deadline forward (one field write, usually)."""
+        timer = self.timer
+        if timer is not None:
+            timer.wheel.arm(timer, timer.wheel.now + self.listener.stream_idle_timeout)
+
+    def _arm_idle(self):
+        timer = self.timer
+        idle = self.listener.idle_timeout
+        if idle > 0.0:
+            self.tkind = T_IDLE
+            timer.wheel.arm(timer, timer.wheel.now + idle)
+        else:
+            self.tkind = T_NONE
+
+    def on_timer(self, now):
+        """The timing wheel's callback: the deadline of ``tkind`` has come."""
+        kind = self.tkind
+        self.tkind = T_NONE
+        state = self.state
+        if state == ST_CLOSED or kind == T_NONE:
+            return
+        stats = self.listener.ctx.stats
+        if kind == T_IDLE:
+            if state == ST_HEAD and self.stream is None:
+                stats.idle_timeout()  # Envoy: downstream_cx_idle_timeout
+                self.keep_alive = False
+                self._close()
+        elif kind == T_HEAD:
+            if state == ST_HEAD and self.stream is None:
+                stats.header_timeout()  # Envoy: downstream_rq_header_timeout
+                self.keep_alive = False
+                self.tx(local_reply(408, b"request header timeout", True))
+                self._close()
+        elif kind == T_STREAM:
+            s = self.stream
+            if s is None or s.is_done():
+                return
+            stats.stream_idle_timeout()  # Envoy: downstream_rq_idle_timeout
+            self.keep_alive = False
+            if not s.resp_started and (state == ST_BODY or state == ST_WAIT):
+                s.local_reply(408, b"stream timeout", "SI", b"")
+            else:
+                self._close()
+
     # -- the codec contract (called by the stream) ---------------------------------------------
 
     def send_response_head(self, s, resp, extra, k, delimited):
@@ -348,6 +489,8 @@ class Http1Connection(Codec):
 
     def send_data(self, s, data):
         if s is self.stream and self.state != ST_CLOSED:
+            if self.tkind == T_STREAM:
+                self._touch()
             s.bytes_tx += len(data)
             self.tx(data)
 
@@ -370,6 +513,8 @@ class Http1Connection(Codec):
             self._close()
             return
         self.state = ST_HEAD
+        if self.timer is not None:
+            self._arm_idle()
         self.resume_reading(PAUSE_PIPELINE)
         if not self.in_process and self.buf is not None:
             self._process()

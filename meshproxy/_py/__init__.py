@@ -15,7 +15,7 @@ import os
 import sys
 
 #: Modules written once in ``meshproxy/_core/<name>.py`` and compiled with ``<name>.pxd``.
-SINGLE_SOURCE = ("pathnorm", "router", "cluster", "stream", "http1conn")
+SINGLE_SOURCE = ("pathnorm", "timers", "router", "cluster", "stream", "http1conn")
 
 _CORE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_core")
 

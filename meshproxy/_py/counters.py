@@ -20,7 +20,9 @@ N_CODES = 600
 
 _COUNTER_NAMES = ("rq_total", "rq_active", "rq_completed", "cx_total", "cx_active", "cx_connect_fail",
                   "cx_destroy_remote", "rq_timeout", "rq_reset", "bytes_rx", "bytes_tx",
-                  "rq_retry", "rq_retry_success", "rq_retry_overflow", "rq_retry_limit_exceeded")
+                  "rq_retry", "rq_retry_success", "rq_retry_overflow", "rq_retry_limit_exceeded",
+                  # downstream (listener) only: connection limit and downstream timeouts
+                  "cx_overflow", "cx_idle_timeout", "rq_header_timeout", "rq_idle_timeout")
 
 
 class ClusterStats:
@@ -33,7 +35,8 @@ class ClusterStats:
     __slots__ = ("_name", "_rq_total", "_rq_active", "_rq_completed", "_cx_total", "_cx_active",
                  "_cx_connect_fail", "_cx_destroy_remote", "_rq_timeout", "_rq_reset", "_bytes_rx",
                  "_bytes_tx", "_rq_retry", "_rq_retry_success", "_rq_retry_overflow",
-                 "_rq_retry_limit_exceeded", "_codes", "_buckets", "_sum_us", "_flags")
+                 "_rq_retry_limit_exceeded", "_cx_overflow", "_cx_idle_timeout", "_rq_header_timeout",
+                 "_rq_idle_timeout", "_codes", "_buckets", "_sum_us", "_flags")
 
     def __init__(self, name: str):
         if not isinstance(name, str):
@@ -54,6 +57,10 @@ class ClusterStats:
         self._rq_retry_success = 0
         self._rq_retry_overflow = 0
         self._rq_retry_limit_exceeded = 0
+        self._cx_overflow = 0
+        self._cx_idle_timeout = 0
+        self._rq_header_timeout = 0
+        self._rq_idle_timeout = 0
         self._codes = [0] * N_CODES
         self._buckets = [0] * N_BUCKETS
         self._sum_us = 0
@@ -75,6 +82,10 @@ class ClusterStats:
     rq_retry_success = property(lambda self: self._rq_retry_success)
     rq_retry_overflow = property(lambda self: self._rq_retry_overflow)
     rq_retry_limit_exceeded = property(lambda self: self._rq_retry_limit_exceeded)
+    cx_overflow = property(lambda self: self._cx_overflow)
+    cx_idle_timeout = property(lambda self: self._cx_idle_timeout)
+    rq_header_timeout = property(lambda self: self._rq_header_timeout)
+    rq_idle_timeout = property(lambda self: self._rq_idle_timeout)
 
     def rq_start(self) -> None:
         self._rq_total += 1
@@ -131,6 +142,17 @@ class ClusterStats:
 
     def retry_limit_exceeded(self) -> None:
         self._rq_retry_limit_exceeded += 1
+    def overflow(self) -> None:
+        self._cx_overflow += 1
+
+    def idle_timeout(self) -> None:
+        self._cx_idle_timeout += 1
+
+    def header_timeout(self) -> None:
+        self._rq_header_timeout += 1
+
+    def stream_idle_timeout(self) -> None:
+        self._rq_idle_timeout += 1
 
     def flag(self, flags: str, status: int) -> None:
         key = (flags, status)
