@@ -387,3 +387,47 @@ def test_reload_keeps_state_and_clusters_shows_it(b, cm, clock):
     plain = cm.build(snapshot(addrs, None))["outbound|80||web"]
     assert type(plain.detector) is b.cluster.OutlierDetector and plain.panic_threshold < 0
     assert plain.detector.enforced_total == 1
+
+
+MESH = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web}
+spec:
+  hosts: [web.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 127.0.0.31}, {address: 127.0.0.32}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web}
+spec:
+  host: web
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 3, consecutiveGatewayErrors: 2, interval: 5s,
+                       baseEjectionTime: 1m, maxEjectionPercent: 50}
+  subsets:
+  - name: v1
+    labels: {}
+    trafficPolicy: {outlierDetection: {splitExternalLocalOriginErrors: true}}
+"""
+
+
+def test_compiled_into_the_snapshot_config_dump_and_explain(tmp_path):
+    from control import build_snapshot
+    from meshproxy.explain import explain
+    path = tmp_path / "mesh.yaml"
+    path.write_text(MESH)
+    snap = build_snapshot(str(path))
+    web = snap.cluster("outbound|80||web.default.svc.cluster.local")
+    assert web.outlier_detection == SOutlier(consecutive_5xx=3, consecutive_gateway=2, interval=5.0,
+                                             base_ejection_time=60.0, max_ejection_percent=50)
+    v1 = snap.cluster("outbound|80|v1|web.default.svc.cluster.local")
+    assert v1 is None or v1.outlier_detection == SOutlier(split_external_local_origin_errors=True)
+    dumped = [c for c in snap.to_dict()["clusters"] if c["name"] == web.name][0]
+    assert dumped["outlier_detection"]["base_ejection_time"] == 60.0
+    lines, _ = explain(snap, "GET", "http://web.default.svc.cluster.local/", [])
+    assert ("  outlier   eject after 3 consecutive 5xx, 2 consecutive gateway errors; interval 5s, "
+            "baseEjectionTime 1m (max 5m), maxEjectionPercent 50%, minHealthPercent 0%") in lines, lines
