@@ -269,7 +269,6 @@ def test_without_outlier_detection_nothing_changes(b, clock):
 
 
 def check(spec):
-    issues, warnings = [], []
     rep = Reporter(lambda p, m: (p, m))
     out = OUTLIER_DETECTION.check(spec, "spec.trafficPolicy.outlierDetection", rep)
     return out, [f"{p}: {m}" for p, m in rep.issues], [f"{p}: {m}" for p, m in rep.warnings]
