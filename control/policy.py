@@ -2,15 +2,15 @@
 
 The load-balancing policy (``lb_policy``: this is the only place Istio's policy names are
 interpreted), the consistent-hash key and table size, the locality setting (applied to the
-endpoints by ``control.locality``) and the connection timeouts.
+endpoints by ``control.locality``), the connection timeouts and outlier detection.
 """
 from __future__ import annotations
 
 from typing import Optional
 
-from control.snapshot import DEFAULT_LB_POLICY, HashPolicy, LocalityLb
+from control.snapshot import DEFAULT_LB_POLICY, HashPolicy, LocalityLb, OutlierDetection
 
-_POLICY_PARTS = ("loadBalancer", "connectionPool")
+_POLICY_PARTS = ("loadBalancer", "connectionPool", "outlierDetection")
 RING_SIZE = 1024  # Envoy's default minimum_ring_size
 MAGLEV_TABLE_SIZE = 65537  # Envoy's default maglev table_size
 
@@ -86,4 +86,23 @@ def traffic_policy(dr_spec: dict, port: int, subset: Optional[dict]) -> dict:
         out["connect_timeout"] = pool["tcp"]["connectTimeout"]
     if "idleTimeout" in pool.get("http", {}):
         out["idle_timeout"] = pool["http"]["idleTimeout"]
+    od = parts["outlierDetection"]
+    if od is not None:
+        out["outlier_detection"] = outlier_detection(od)
     return out
+
+
+def outlier_detection(od: dict) -> OutlierDetection:
+    """A validated ``outlierDetection`` with Istio's defaults (as Istio's translation to Envoy:
+    unset fields keep Envoy's defaults, gateway errors are enforced only when set, the local-origin
+    threshold only with the split)."""
+    d = OutlierDetection()
+    return OutlierDetection(
+        consecutive_5xx=od.get("consecutive5xxErrors", d.consecutive_5xx),
+        consecutive_gateway=od.get("consecutiveGatewayErrors", d.consecutive_gateway),
+        consecutive_local_origin=od.get("consecutiveLocalOriginFailures") or d.consecutive_local_origin,
+        split_external_local_origin_errors=bool(od.get("splitExternalLocalOriginErrors", False)),
+        interval=od.get("interval", d.interval),
+        base_ejection_time=od.get("baseEjectionTime", d.base_ejection_time),
+        max_ejection_percent=od.get("maxEjectionPercent") or d.max_ejection_percent,
+        min_health_percent=od.get("minHealthPercent", d.min_health_percent))

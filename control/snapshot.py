@@ -127,6 +127,26 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class OutlierDetection:
+    """DestinationRule ``outlierDetection`` with Istio's defaults filled in (Envoy's semantics).
+
+    A threshold of 0 is off. ``consecutive_local_origin`` applies only with
+    ``split_external_local_origin_errors`` (without it, local-origin failures count as 5xx).
+    ``min_health_percent`` is Envoy's healthy panic threshold for the cluster.
+    """
+
+    consecutive_5xx: int = 5  # consecutive5xxErrors
+    consecutive_gateway: int = 0  # consecutiveGatewayErrors (Envoy's 5, enforced only when set)
+    consecutive_local_origin: int = 5  # consecutiveLocalOriginFailures
+    split_external_local_origin_errors: bool = False
+    interval: float = 10.0  # seconds
+    base_ejection_time: float = 30.0  # seconds, times the number of ejections
+    max_ejection_time: float = 300.0  # Envoy's max_ejection_time (not settable in Istio)
+    max_ejection_percent: int = 10  # at least one endpoint may be ejected regardless
+    min_health_percent: int = 0  # Istio's default: no panic threshold
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str  # "outbound|80|v2|reviews.default.svc.cluster.local" or "inbound|8080||"
     direction: str  # "outbound" | "inbound"
@@ -147,6 +167,7 @@ class Cluster:
     dns_hosts: tuple[tuple[str, int, int], ...] = ()  # DNS: (hostname, port, weight) to resolve
     destination_rule: str = ""  # "namespace/name" of the DestinationRule applied, if any
     health_check: Optional[HealthCheck] = None  # active health check (meshproxy HealthCheck kind)
+    outlier_detection: Optional[OutlierDetection] = None  # None: only the passive connect-failure ejection
 
 
 @dataclass(frozen=True)

@@ -231,6 +231,7 @@ async def _h_clusters(srv: "AdminServer", q: dict) -> _Response:
                     "stats": [{"name": k, "value": str(ep.get(k, 0)), "type": "GAUGE" if k.endswith("active") else "COUNTER"}
                               for k in ("cx_active", "rq_active", "rq_total")],
                     "health_status": _json_health(ep),
+                    **({"outlier_detection": ep["outlier_detection"]} if ep.get("outlier_detection") else {}),
                     "weight": ep.get("weight", 1),
                     "locality": _locality(ep.get("locality")),
                 })
@@ -249,6 +250,14 @@ async def _h_clusters(srv: "AdminServer", q: dict) -> _Response:
                 lines.append(f"{host}::{k}::{ep.get(k, 0)}")
             lines.append(f"{host}::hostname::")
             lines.append(f"{host}::health_flags::{_text_health_flags(ep)}")
+            od = ep.get("outlier_detection")
+            if od:
+                lines.append(f"{host}::outlier_detection::" + ("ejected" if od.get("ejected") else "ok")
+                             + f" ejected_for={od.get('ejected_for', 0):g}s ejections={od.get('ejections', 0)}"
+                             f" multiplier={od.get('ejection_multiplier', 0)}"
+                             f" consecutive_5xx={od.get('consecutive_5xx', 0)}"
+                             f" consecutive_gateway_failure={od.get('consecutive_gateway_failure', 0)}"
+                             f" consecutive_local_origin_failure={od.get('consecutive_local_origin_failure', 0)}")
             lines.append(f"{host}::weight::{ep.get('weight', 1)}")
             lines.append(f"{host}::region::{loc['region']}")
             lines.append(f"{host}::zone::{loc['zone']}")

@@ -28,10 +28,10 @@ import time
 
 from control.health import HealthChecker, Target
 from meshproxy import dns as dns_mod
+# H_* are C constants in the compiled build: the pure module's values are the same.
+from meshproxy._py.cluster import H_ACTIVE_HC, H_OUTLIER
 from meshproxy.core import cluster as cl
 from meshproxy.core import counters
-# The H_* bits are cdef constants in the compiled module; the single source's values hold for both.
-from meshproxy._py.cluster import H_ACTIVE_HC, H_OUTLIER
 
 log = logging.getLogger("meshproxy")
 
@@ -91,17 +91,25 @@ class ClusterManager:
                 connect_timeout=c.connect_timeout, idle_timeout=c.idle_timeout,
                 max_idle=c.max_idle_per_endpoint, passthrough=passthrough,
                 default_port=c.port, pool_for=self.pool_for)
+            od = c.outlier_detection
+            if od is not None:
+                cluster.detector = cl.OutlierDetection(
+                    cluster, od.consecutive_5xx, od.consecutive_gateway, od.consecutive_local_origin,
+                    od.split_external_local_origin_errors, od.interval, od.base_ejection_time,
+                    od.max_ejection_time, float(od.max_ejection_percent))
+                cluster.panic_threshold = float(od.min_health_percent)
             eps = [self.endpoint(c.name, e.address, e.port) for e in c.endpoints]
             # Weights and priorities (locality failover) were computed by control.
             cluster.set_endpoints(eps, [e.weight for e in c.endpoints],
                                   [e.priority for e in c.endpoints])
             old = self.clusters.get(c.name)
             if old is not None:
-                # Ejected endpoints stay ejected, and come back when their time is over.
-                cluster.detector.ejected = [ep for ep in old.detector.ejected if ep in eps]
                 if old.endpoints and c.resolution in ("DNS", "DNS_ROUND_ROBIN"):
                     # Keep the resolved addresses until the next resolution.
                     cluster.set_endpoints(old.endpoints, old.weights, old.priorities)
+                # Ejected endpoints stay ejected, and come back when their time is over; the
+                # ejection counters go on (per-endpoint state lives on the shared Endpoints).
+                cluster.detector.take_state(old.detector)
             clusters[c.name] = cluster
         return clusters
 
@@ -251,6 +259,7 @@ class ClusterManager:
         out = []
         if snap is None:
             return out
+        now = time.monotonic()
         for c in snap.clusters:
             live = self.clusters.get(c.name)
             meta = {(e.address, e.port): e for e in c.endpoints}
@@ -270,10 +279,14 @@ class ClusterManager:
                     "rq_active": ep.rq_active, "rq_total": ep.rq_total,
                     "cx_active": ep.pool.cx_active, "cx_idle": len(ep.pool.idle),
                     "ejections": ep.ejections,
+                    "outlier_detection": outlier_status(ep, now),
                 })
+            det = live.detector if live is not None else None
             out.append({"name": c.name, "direction": c.direction, "service": c.service,
                         "namespace": c.namespace, "port": c.port, "lb_policy": c.lb_policy,
                         "connect_timeout": c.connect_timeout, "idle_timeout": c.idle_timeout,
+                        "outlier_detection": {"settings": det.settings(), **det.counters()}
+                        if det is not None else None,
                         "endpoints": eps})
         return out
 
@@ -284,3 +297,11 @@ HEALTH_FLAG_NAMES = ((H_ACTIVE_HC, "/failed_active_hc"), (H_OUTLIER, "/failed_ou
 
 def _health_flags(bits: int) -> list:
     return [name for bit, name in HEALTH_FLAG_NAMES if bits & bit]
+def outlier_status(ep, now: float) -> dict:
+    """One endpoint's outlier detection state for ``/clusters``."""
+    ejected = bool(ep.health_flags & H_OUTLIER)
+    return {"ejected": ejected,
+            "ejected_for": round(max(0.0, ep.ejected_until - now), 3) if ejected else 0.0,
+            "ejections": ep.ejections, "ejection_multiplier": ep.eject_multiplier,
+            "consecutive_5xx": ep.cons_5xx, "consecutive_gateway_failure": ep.cons_gateway,
+            "consecutive_local_origin_failure": ep.cons_local}

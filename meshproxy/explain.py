@@ -12,6 +12,7 @@ from __future__ import annotations
 import urllib.parse
 from typing import Optional
 
+from control.duration import format_duration
 from control.snapshot import Cluster, HeaderOps, Snapshot
 from meshproxy.core import http1, pathnorm, router
 from meshproxy.errors import ProtocolError
@@ -231,6 +232,17 @@ def _describe_cluster(c: Optional[Cluster], name: str, snap: Snapshot) -> list[s
     lines.append(f"  lb        {policy}{src}")
     if c.health_check is not None:
         lines.append("  health    " + describe_health_check(c.health_check))
+    od = c.outlier_detection
+    if od is not None:
+        rules = [f"{od.consecutive_5xx} consecutive 5xx" if od.consecutive_5xx else "5xx off"]
+        if od.consecutive_gateway:
+            rules.append(f"{od.consecutive_gateway} consecutive gateway errors")
+        if od.split_external_local_origin_errors:
+            rules.append(f"{od.consecutive_local_origin} consecutive local-origin failures (split)")
+        lines.append(f"  outlier   eject after {', '.join(rules)}; interval {format_duration(od.interval)}, "
+                     f"baseEjectionTime {format_duration(od.base_ejection_time)} (max "
+                     f"{format_duration(od.max_ejection_time)}), maxEjectionPercent "
+                     f"{od.max_ejection_percent}%, minHealthPercent {od.min_health_percent}%")
     if c.resolution != "STATIC":
         lines.append(f"  resolution {c.resolution}"
                      + (": " + ", ".join(f"{h}:{p}" for h, p, _ in c.dns_hosts)

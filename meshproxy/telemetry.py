@@ -209,6 +209,22 @@ def _endpoint_counts(info: dict) -> tuple[int, int]:
     return total, healthy
 
 
+#: Envoy's ``cluster.<name>.outlier_detection.*`` stats (ClusterInfo ``outlier_detection``).
+_OUTLIER_STATS = (
+    ("ejections_active", "gauge"),
+    ("ejections_enforced_total", "counter"),
+    ("ejections_enforced_consecutive_5xx", "counter"),
+    ("ejections_enforced_consecutive_gateway_failure", "counter"),
+    ("ejections_enforced_consecutive_local_origin_failure", "counter"),
+    ("ejections_overflow", "counter"),
+)
+
+
+def _outlier_stats(info: dict):
+    od = info.get("outlier_detection") or {}
+    return [(key, typ, od.get(key, 0)) for key, typ in _OUTLIER_STATS]
+
+
 def render_prometheus(clusters: list, cluster_stats: list, listener_stats: list,
                       workload: dict | None) -> bytes:
     """Render Istio standard metrics and Envoy-style metrics in the Prometheus text format.
@@ -266,6 +282,9 @@ def render_prometheus(clusters: list, cluster_stats: list, listener_stats: list,
                        lab, total)
             exp.sample("envoy_cluster_membership_healthy", "gauge", "Envoy cluster.membership_healthy",
                        lab, healthy)
+            for key, typ, value in _outlier_stats(info):
+                exp.sample(f"envoy_cluster_outlier_detection_{key}", typ,
+                           f"Envoy cluster.outlier_detection.{key}", lab, value)
 
     for snap in listener_stats:
         lab = [("envoy_http_conn_manager_prefix", snap["name"])]
@@ -356,6 +375,8 @@ def render_envoy_text(cluster_stats: list, listener_stats: list, clusters: list 
             total, healthy = _endpoint_counts(info)
             lines.append((f"{prefix}.membership_total", str(total)))
             lines.append((f"{prefix}.membership_healthy", str(healthy)))
+            for key, _typ, value in _outlier_stats(info):
+                lines.append((f"{prefix}.outlier_detection.{key}", str(value)))
     for snap in listener_stats:
         add(f"http.{snap['name']}", snap, "downstream")
         for key, suffix, _typ in _LISTENER_ONLY:

@@ -576,7 +576,7 @@ INVALID = [
           portLevelSettings:
           - port: {number: 80}
             loadBalancer: {simple: RANDOM, consistentHash: {minimumRingSize: 10}}
-            outlierDetection: {consecutive5xxErrors: 1}
+            outlierDetection: {consecutive5xxErrors: 1, interval: 0.5ms}
           - port: {number: 80}
             connectionPool: {tcp: {maxConnections: 1}, http: {http2MaxRequests: 1}}
         subsets:
@@ -589,7 +589,7 @@ INVALID = [
         "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: 1000 is not a prime number",
         "spec.trafficPolicy.portLevelSettings[0].loadBalancer.consistentHash: consistentHash needs exactly one "
         "hash key: httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName",
-        "spec.trafficPolicy.portLevelSettings[0].outlierDetection: outlierDetection is not supported yet",
+        "spec.trafficPolicy.portLevelSettings[0].outlierDetection.interval: must be at least 1ms",
         "spec.trafficPolicy.portLevelSettings[1].connectionPool.tcp.maxConnections: maxConnections is not "
         "supported yet",
         "spec.trafficPolicy.portLevelSettings[1].connectionPool.http.http2MaxRequests: http2MaxRequests is not "

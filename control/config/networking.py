@@ -509,10 +509,35 @@ CONNECTION_POOL = Struct({
     })),
 })
 
+def _check_outlier_detection(spec: dict, path: str, rep: Reporter) -> None:
+    for key in ("interval", "baseEjectionTime"):
+        if key in spec and spec[key] < 0.001:
+            rep.issue(join(path, key), "must be at least 1ms")
+    if "consecutiveLocalOriginFailures" in spec and not spec.get("splitExternalLocalOriginErrors"):
+        rep.warn(join(path, "consecutiveLocalOriginFailures"),
+                 "takes effect only with splitExternalLocalOriginErrors: true (local-origin failures "
+                 "count as 5xx errors otherwise)")
+
+
+# Istio's OutlierDetection; the defaults (applied by control.policy) are Istio's and Envoy's.
+OUTLIER_DETECTION = Struct({
+    "consecutive5xxErrors": Field(Int(0)),
+    "consecutiveGatewayErrors": Field(Int(0)),
+    "consecutiveLocalOriginFailures": Field(Int(0)),
+    "splitExternalLocalOriginErrors": Field(Bool()),
+    "interval": Field(Duration(positive=True)),
+    "baseEjectionTime": Field(Duration(positive=True)),
+    "maxEjectionPercent": Field(Int(0, 100)),
+    "minHealthPercent": Field(Int(0, 100)),
+    "consecutiveErrors": Field(AnyValue(), unsupported="consecutiveErrors is deprecated by Istio and "
+                                                        "not supported: use consecutiveGatewayErrors "
+                                                        "or consecutive5xxErrors"),
+}, checks=(_check_outlier_detection,))
+
 _POLICY_FIELDS = {
     "loadBalancer": Field(LOAD_BALANCER),
     "connectionPool": Field(CONNECTION_POOL),
-    "outlierDetection": not_yet("outlierDetection"),
+    "outlierDetection": Field(OUTLIER_DETECTION),
     "tls": not_yet("tls"),
 }
 

@@ -9,6 +9,8 @@
 #     rebuilt since) only lowers rq_active.
 #   OutlierDetector.put_result(ep, result): result > 0 is an HTTP status, < 0 a RESULT_* code.
 #     Called for connection outcomes always, for response statuses only when wants_responses.
+#     OutlierDetection (a DestinationRule's outlierDetection) overrides put_result/eject/tick in
+#     the vtable: a per-response put_result is a C call and a few int compares on the Endpoint.
 #   Pool.acquire() -> an idle UpstreamConnection (typed object here: stream.pxd owns the type).
 cimport cython
 
@@ -21,6 +23,7 @@ from meshproxy._core.counters cimport ClusterStats as CClusterStats
 
 cdef int P_NONE, P_ROUND_ROBIN, P_RANDOM, P_LEAST_REQUEST, P_RING_HASH, P_MAGLEV
 cdef int H_OUTLIER, H_ACTIVE_HC
+cdef int EJECT_5XX, EJECT_GATEWAY, EJECT_LOCAL
 
 
 @cython.final
@@ -48,6 +51,11 @@ cdef class Endpoint:
     cdef public bint healthy
     cdef public double ejected_until
     cdef public long ejections
+    # outlier detection state (OutlierDetection): consecutive counters, the ejection-time
+    # multiplier (Envoy's eject time backoff), when the last ejection / un-ejection happened
+    cdef public int cons_5xx, cons_gateway, cons_local
+    cdef public int eject_multiplier
+    cdef public double ejected_at, unejected_at
     cdef public Py_ssize_t slot
     cdef public long long gen
 
@@ -69,10 +77,27 @@ cdef class OutlierDetector:
     cdef public object cluster
     cdef public bint wants_responses
     cdef public list ejected
+    cdef public long long enforced_total, enforced_5xx, enforced_gateway, enforced_local
+    cdef public long long enforced_connect, overflow
 
     cpdef put_result(self, Endpoint ep, long result)
     cpdef eject(self, Endpoint ep, double seconds)
     cpdef tick(self, double now)
+
+
+cdef class OutlierDetection(OutlierDetector):
+    cdef public int consecutive_5xx, consecutive_gateway, consecutive_local
+    cdef public bint split
+    cdef public double interval, base_ejection_time, max_ejection_time, max_ejection_percent
+    cdef public double next_interval
+
+    cpdef put_result(self, Endpoint ep, long result)
+    cpdef eject(self, Endpoint ep, double seconds)
+    cpdef tick(self, double now)
+    cpdef _http_status(self, Endpoint ep, long status)
+    @cython.locals(n=Py_ssize_t, active=Py_ssize_t, t=double, cap=double)
+    cpdef bint _detected(self, Endpoint ep, int kind)
+    cpdef double ejection_time(self, Endpoint ep)
 
 
 @cython.final
@@ -99,6 +124,7 @@ cdef class Cluster:
     cdef public double budget_percent
 
     cpdef bint retry_allowed(self)
+    cdef public double panic_threshold
 
     @cython.locals(ep=Endpoint, lr=CLeastRequestPicker)
     cpdef Endpoint choose(self, LbContext lb)
@@ -112,4 +138,5 @@ cdef class Cluster:
     @cython.locals(ep=Endpoint, port=int, colon=Py_ssize_t, host=bytes, name=bytes)
     cpdef Endpoint _original_destination(self, LbContext lb)
     cpdef health_changed(self)
+    @cython.locals(healthy=Py_ssize_t, total=Py_ssize_t)
     cpdef rebuild(self)

@@ -24,7 +24,13 @@ Theory of operation
   ``result`` is an HTTP status (> 0) or one of the ``RESULT_*`` local-origin outcomes (Envoy's
   ``Outlier::Result``). An endpoint is out of rotation while any ``H_*`` health bit is set (an
   outlier ejection, later an active health check): it returns only when every bit has cleared.
+* Without a DestinationRule ``outlierDetection`` a cluster has the base ``OutlierDetector`` (a
+  connect failure ejects for ``CONNECT_FAILURE_EJECTION`` s; no per-response cost). With one it
+  has an ``OutlierDetection``: Envoy's consecutive-5xx / gateway / local-origin detection, ejection
+  times that grow with each ejection and decay while healthy, ``maxEjectionPercent``; its
+  ``minHealthPercent`` is the cluster's ``panic_threshold``.
 """
+import logging
 from random import random as _random
 from time import monotonic as _monotonic
 
@@ -53,6 +59,17 @@ RESULT_CONNECT_TIMEOUT = -3
 RESULT_RESET = -4  # the connection broke before a response head arrived
 RESULT_TIMEOUT = -5  # the request timed out waiting for the upstream
 
+# Why OutlierDetection ejected an endpoint (Envoy's ``OutlierEjectionType``).
+EJECT_5XX = 1  # consecutive_5xx
+EJECT_GATEWAY = 2  # consecutive_gateway_failure
+EJECT_LOCAL = 3  # consecutive_local_origin_failure
+EJECTION_TYPES = {1: "consecutive_5xx", 2: "consecutive_gateway_failure",
+                  3: "consecutive_local_origin_failure"}
+
+#: Envoy's ``max_ejection_time`` default (Istio does not set it): the cap on ``baseEjectionTime``
+#: times the number of times an endpoint has been ejected.
+MAX_EJECTION_TIME = 300.0
+
 #: How long a connect failure keeps an endpoint out of rotation when the cluster has no
 #: ``outlierDetection`` (Istio's default retry policy retries connect failures elsewhere).
 CONNECT_FAILURE_EJECTION = 5.0
@@ -66,6 +83,7 @@ _GENERATION = [0]
 
 #: Istio's "unlimited" circuit-breaker value (2^32 - 1).
 MAX_UNLIMITED = 4294967295
+log = logging.getLogger("meshproxy")
 
 #: Original-destination endpoints kept per passthrough cluster (oldest dropped first).
 PASSTHROUGH_MAX = 4096
@@ -145,7 +163,16 @@ class Endpoint:
         self.health_flags = 0
         self.healthy = True
         self.ejected_until = 0.0
-        self.ejections = 0
+        self.ejections = 0  # times ejected in all (for /clusters)
+        # OutlierDetection state: consecutive 5xx / gateway (502-504) / local-origin failures,
+        # the ejection-time multiplier (Envoy's eject time backoff: +1 per ejection, -1 per
+        # interval spent healthy), the time of the last ejection and of the last un-ejection.
+        self.cons_5xx = 0
+        self.cons_gateway = 0
+        self.cons_local = 0
+        self.eject_multiplier = 0
+        self.ejected_at = 0.0
+        self.unejected_at = 0.0
         self.slot = -1  # index in the cluster's current picker (valid while gen matches)
         self.gen = -1
 
@@ -194,13 +221,22 @@ class OutlierDetector:
     ``wants_responses`` is True, through ``put_result``. This base detector implements the
     sidecar's passive default: a connect failure (or connect timeout) ejects the endpoint for
     ``CONNECT_FAILURE_EJECTION`` seconds. ``tick(now)`` (the cluster manager's periodic tick)
-    returns ejected endpoints whose time is over. Istio's ``outlierDetection`` extends this class.
+    returns ejected endpoints whose time is over. A DestinationRule's ``outlierDetection`` is
+    ``OutlierDetection``, a subclass. ``ejected`` is the endpoints currently ejected; the
+    ``enforced_*`` counters and ``overflow`` (ejections refused by ``maxEjectionPercent``) are
+    Envoy's ``outlier_detection.ejections_*`` stats.
     """
 
     def __init__(self, cluster):
         self.cluster = cluster
         self.wants_responses = False
         self.ejected = []
+        self.enforced_total = 0
+        self.enforced_5xx = 0
+        self.enforced_gateway = 0
+        self.enforced_local = 0
+        self.enforced_connect = 0  # the base detector's connect-failure ejections
+        self.overflow = 0
 
     def put_result(self, ep, result):
         if result == RESULT_CONNECT_FAILED or result == RESULT_CONNECT_TIMEOUT:
@@ -211,6 +247,8 @@ class OutlierDetector:
         if ep.health_flags & H_OUTLIER:
             return
         ep.ejections += 1
+        self.enforced_total += 1
+        self.enforced_connect += 1
         self.ejected.append(ep)
         if ep.set_health_flag(H_OUTLIER, True):
             self.cluster.health_changed()
@@ -229,6 +267,194 @@ class OutlierDetector:
         self.ejected = keep
         if changed:
             self.cluster.health_changed()
+
+    def settings(self):
+        """What ``explain`` and ``/clusters`` say about this detector."""
+        return None
+
+    def counters(self):
+        """Envoy's ``outlier_detection.*`` stats of the cluster."""
+        return {"ejections_active": len(self.ejected),
+                "ejections_enforced_total": self.enforced_total,
+                "ejections_enforced_consecutive_5xx": self.enforced_5xx,
+                "ejections_enforced_consecutive_gateway_failure": self.enforced_gateway,
+                "ejections_enforced_consecutive_local_origin_failure": self.enforced_local,
+                "ejections_enforced_connect_failure": self.enforced_connect,
+                "ejections_overflow": self.overflow}
+
+    def take_state(self, old):
+        """Carry ``old``'s ejections and counters into this detector (a reload); ``old`` may be
+        of either class. Endpoints no longer in the cluster are dropped from ``ejected``."""
+        eps = self.cluster.endpoints
+        self.ejected = [ep for ep in old.ejected if ep in eps]
+        self.enforced_total = old.enforced_total
+        self.enforced_5xx = old.enforced_5xx
+        self.enforced_gateway = old.enforced_gateway
+        self.enforced_local = old.enforced_local
+        self.enforced_connect = old.enforced_connect
+        self.overflow = old.overflow
+
+
+class OutlierDetection(OutlierDetector):
+    """A DestinationRule's ``outlierDetection``: Envoy's consecutive-error outlier detection with
+    Istio's defaults (see docs/configuration.md).
+
+    * An HTTP 5xx adds one to the endpoint's consecutive 5xx count, a 502/503/504 also to its
+      consecutive gateway-error count; any other status resets both. The count that reaches its
+      threshold (``consecutive_5xx``; ``consecutive_gateway``, 0 = off) is reset and ejects.
+    * Local-origin failures (connect failure or timeout, the connection reset before a response,
+      the request timing out): without ``split`` they count as a 503 (a timeout as a 504), a
+      successful connect counts as nothing; with ``split`` they count only toward
+      ``consecutive_local`` and a successful connect resets that count.
+    * Ejection: enforced only while the endpoints ejected stay within ``max_ejection_percent`` of
+      the cluster's endpoints (one may always be ejected); it lasts ``base_ejection_time`` times
+      the endpoint's multiplier (+1 per ejection while below ``max_ejection_time +
+      base_ejection_time``), at most ``max(base_ejection_time, max_ejection_time)``.
+    * Every ``interval`` (on the sidecar's 1 s tick): endpoints whose time is over return, with
+      their consecutive counts reset; an endpoint that has been back for an interval or more has
+      its multiplier lowered by one.
+    """
+
+    def __init__(self, cluster, consecutive_5xx=5, consecutive_gateway=0, consecutive_local=5,
+                 split=False, interval=10.0, base_ejection_time=30.0,
+                 max_ejection_time=MAX_EJECTION_TIME, max_ejection_percent=10.0):
+        OutlierDetector.__init__(self, cluster)
+        self.wants_responses = True
+        self.consecutive_5xx = consecutive_5xx
+        self.consecutive_gateway = consecutive_gateway
+        self.consecutive_local = consecutive_local
+        self.split = split
+        self.interval = interval
+        self.base_ejection_time = base_ejection_time
+        self.max_ejection_time = max_ejection_time
+        self.max_ejection_percent = max_ejection_percent
+        self.next_interval = 0.0
+
+    def put_result(self, ep, result):
+        if result > 0:
+            self._http_status(ep, result)
+            return
+        if self.split:
+            if result == RESULT_CONNECT_SUCCESS:
+                ep.cons_local = 0
+                return
+            ep.cons_local += 1
+            if ep.cons_local == self.consecutive_local:
+                self._detected(ep, EJECT_LOCAL)
+            return
+        if result == RESULT_CONNECT_SUCCESS:
+            return  # the response's status will say how the request went
+        if result == RESULT_TIMEOUT:
+            self._http_status(ep, 504)
+        else:
+            self._http_status(ep, 503)
+
+    def _http_status(self, ep, status):
+        if status < 500 or status > 599:
+            ep.cons_5xx = 0
+            ep.cons_gateway = 0
+            return
+        if 502 <= status <= 504:
+            ep.cons_gateway += 1
+            if ep.cons_gateway == self.consecutive_gateway:
+                self._detected(ep, EJECT_GATEWAY)
+        else:
+            ep.cons_gateway = 0
+        ep.cons_5xx += 1
+        if ep.cons_5xx == self.consecutive_5xx:
+            self._detected(ep, EJECT_5XX)
+
+    def _detected(self, ep, kind):
+        """A threshold was reached: eject ``ep`` if allowed; the count is reset either way (so a
+        new run of errors is detected without a success in between). True when ejected."""
+        if ep.health_flags & H_OUTLIER:
+            return False
+        if kind == EJECT_5XX:
+            ep.cons_5xx = 0
+        elif kind == EJECT_GATEWAY:
+            ep.cons_gateway = 0
+        else:
+            ep.cons_local = 0
+        n = len(self.cluster.endpoints)
+        active = len(self.ejected)
+        if active > 0 and (n <= 0 or 100.0 * (active + 1) > self.max_ejection_percent * n):
+            self.overflow += 1
+            log.warning("outlier: %s of %s not ejected (%s): %d of %d endpoints are ejected "
+                        "already (maxEjectionPercent %g)", ep.host, self.cluster.name,
+                        EJECTION_TYPES[kind], active, n, self.max_ejection_percent)
+            return False
+        base = self.base_ejection_time
+        if ep.eject_multiplier * base < self.max_ejection_time + base:
+            ep.eject_multiplier += 1
+        t = self.ejection_time(ep)
+        now = _monotonic()
+        ep.ejected_at = now
+        ep.ejected_until = now + t
+        ep.ejections += 1
+        self.enforced_total += 1
+        if kind == EJECT_5XX:
+            self.enforced_5xx += 1
+        elif kind == EJECT_GATEWAY:
+            self.enforced_gateway += 1
+        else:
+            self.enforced_local += 1
+        self.ejected.append(ep)
+        log.info("outlier: ejected %s of %s for %gs (%s; ejected %d times)", ep.host,
+                 self.cluster.name, t, EJECTION_TYPES[kind], ep.ejections)
+        if ep.set_health_flag(H_OUTLIER, True):
+            self.cluster.health_changed()
+        return True
+
+    def ejection_time(self, ep):
+        """How long an ejection of ``ep`` lasts with its current multiplier."""
+        t = self.base_ejection_time * ep.eject_multiplier
+        cap = self.max_ejection_time
+        if cap < self.base_ejection_time:
+            cap = self.base_ejection_time
+        return t if t < cap else cap
+
+    def eject(self, ep, seconds):
+        """Eject ``ep`` for ``seconds`` now (as the base detector; outside the thresholds)."""
+        OutlierDetector.eject(self, ep, seconds)
+        ep.ejected_at = _monotonic()
+
+    def tick(self, now):
+        # The interval timer: the sidecar ticks once a second (a little early is on time).
+        if now + 0.05 < self.next_interval:
+            return
+        self.next_interval = now + self.interval
+        changed = False
+        if self.ejected:
+            keep = []
+            for ep in self.ejected:
+                if now + 0.05 >= ep.ejected_until:
+                    ep.cons_5xx = 0
+                    ep.cons_gateway = 0
+                    ep.cons_local = 0
+                    ep.unejected_at = now
+                    log.info("outlier: %s of %s is back after %gs", ep.host, self.cluster.name,
+                             now - ep.ejected_at)
+                    if ep.set_health_flag(H_OUTLIER, False):
+                        changed = True
+                else:
+                    keep.append(ep)
+            self.ejected = keep
+        for ep in self.cluster.endpoints:
+            if (ep.eject_multiplier > 0 and not ep.health_flags & H_OUTLIER
+                    and ep.unejected_at > 0.0 and now - ep.unejected_at + 0.05 >= self.interval):
+                ep.eject_multiplier -= 1
+        if changed:
+            self.cluster.health_changed()
+
+    def settings(self):
+        return {"consecutive_5xx": self.consecutive_5xx,
+                "consecutive_gateway_failure": self.consecutive_gateway,
+                "consecutive_local_origin_failure": self.consecutive_local if self.split else 0,
+                "split_external_local_origin_errors": bool(self.split),
+                "interval": self.interval, "base_ejection_time": self.base_ejection_time,
+                "max_ejection_time": self.max_ejection_time,
+                "max_ejection_percent": self.max_ejection_percent,
+                "min_health_percent": self.cluster.panic_threshold}
 
 
 class Cluster:
@@ -279,6 +505,11 @@ class Cluster:
         self.max_retries = MAX_UNLIMITED
         self.budget_percent = -1.0
         self.budget_min = 3
+        # Envoy's healthy_panic_threshold (Istio's minHealthPercent, set with outlierDetection):
+        # the group balanced over is in panic (health ignored) when its healthy share is below it;
+        # 0: never (nothing healthy: no endpoint). < 0, no outlierDetection: panic only when
+        # nothing at all is healthy.
+        self.panic_threshold = -1.0
 
     def retry_allowed(self):
         """May one more retry start now (the maxRetries breaker and the retry budget)?"""
@@ -316,11 +547,23 @@ class Cluster:
             if eps[i].healthy and (best < 0 or prios[i] < best):
                 best = prios[i]
         if best < 0:
-            # Nothing healthy: panic mode, as Envoy, balance over the first group regardless.
+            # Nothing healthy: panic mode, as Envoy, balance over the first group regardless
+            # (unless minHealthPercent is 0: Envoy's panic threshold 0 never panics).
             best = min(prios) if prios else 0
-            idx = [i for i in range(len(eps)) if prios[i] == best]
+            if self.panic_threshold == 0.0:
+                idx = []
+            else:
+                idx = [i for i in range(len(eps)) if prios[i] == best]
         else:
             idx = [i for i in range(len(eps)) if prios[i] == best and eps[i].healthy]
+            if self.panic_threshold > 0.0:
+                total = 0
+                for i in range(len(eps)):
+                    if prios[i] == best:
+                        total += 1
+                healthy = len(idx)
+                if 100.0 * healthy < self.panic_threshold * total:
+                    idx = [i for i in range(len(eps)) if prios[i] == best]
         self.priority = best
         for ep in eps:
             ep.gen = -1

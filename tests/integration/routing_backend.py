@@ -9,6 +9,7 @@ Every answer is JSON ``{"name", "addr", "method", "target", "headers": [[name, v
 
     /sleep/<seconds>...   sleep before answering (any suffix)
     --delay S             sleep S seconds before every answer
+    --status N            answer every request with status N (default 200)
     HEAD anything         the head of the answer GET would get, without its body
     GET /__log            what was received so far (not recorded itself), as a JSON list
     GET /__reset          forget it (and the counters)
@@ -60,7 +61,7 @@ def _answer(status, body, extra=(), close=False, head_only=False):
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else body)
 
 
-async def handle(reader, writer, name, delay, log=True):
+async def handle(reader, writer, name, delay, log=True, status=200):
     addr = "%s:%d" % writer.get_extra_info("sockname")[:2]
     try:
         while True:
@@ -106,7 +107,7 @@ async def handle(reader, writer, name, delay, log=True):
                     await asyncio.sleep(wait)
             finally:
                 STATS["active"] -= 1
-            writer.write(_answer(200, json.dumps(rec).encode(), close=close, extra=(
+            writer.write(_answer(status, json.dumps(rec).encode(), close=close, extra=(
                 f"x-served-by: {name}", "x-up-set: original", "x-up-remove: gone",
                 "x-up-keep: yes"), head_only=method == "HEAD"))
             await writer.drain()
@@ -118,16 +119,16 @@ async def handle(reader, writer, name, delay, log=True):
         writer.close()
 
 
-async def serve(host, port, name, delay=0.0, log=True):
+async def serve(host, port, name, delay=0.0, log=True, status=200):
     """Start answering as ``name`` on host:port (0: any free port); returns the asyncio server.
     ``delay``: seconds before every answer, or a function returning each answer's delay.
     ``log=False`` keeps nothing for /__log (a long-running backend's memory stays flat)."""
-    return await asyncio.start_server(lambda r, w: handle(r, w, name, delay, log), host, port,
+    return await asyncio.start_server(lambda r, w: handle(r, w, name, delay, log, status), host, port,
                                       backlog=1024, reuse_address=True)
 
 
-async def main(host, port, name, delay):
-    server = await serve(host, port, name, delay)
+async def main(host, port, name, delay, status=200):
+    server = await serve(host, port, name, delay, status=status)
     print("PORT %d" % server.sockets[0].getsockname()[1], flush=True)
     await asyncio.Event().wait()
 
@@ -135,8 +136,8 @@ async def main(host, port, name, delay):
 class RoutingBackend:
     """One routing backend process on ``host`` (a loopback address) answering as ``name``."""
 
-    def __init__(self, host, name, port=0, delay=0.0):
-        self.host, self.name, self.delay = host, name, delay
+    def __init__(self, host, name, port=0, delay=0.0, status=200):
+        self.host, self.name, self.delay, self.status = host, name, delay, status
         self.port = port
         self.proc = None
         self.start()
@@ -145,7 +146,7 @@ class RoutingBackend:
         from harness import PY, clean_env
         self.proc = subprocess.Popen(
             [PY, str(HERE / "routing_backend.py"), "--host", self.host, "--port", str(self.port),
-             "--name", self.name, "--delay", str(self.delay)],
+             "--name", self.name, "--delay", str(self.delay), "--status", str(self.status)],
             stdout=subprocess.PIPE, env=clean_env())
         line = self.proc.stdout.readline().decode()
         assert line.startswith("PORT "), f"routing backend {self.name} did not start: {line!r}"
@@ -182,6 +183,7 @@ if __name__ == "__main__":
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--name", required=True)
     ap.add_argument("--delay", type=float, default=0.0)
+    ap.add_argument("--status", type=int, default=200)
     a = ap.parse_args()
     try:
         import uvloop
@@ -189,6 +191,6 @@ if __name__ == "__main__":
     except ImportError:
         pass
     try:
-        asyncio.run(main(a.host, a.port, a.name, a.delay))
+        asyncio.run(main(a.host, a.port, a.name, a.delay, a.status))
     except KeyboardInterrupt:
         sys.exit(0)
