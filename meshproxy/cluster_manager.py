@@ -26,7 +26,6 @@ import asyncio
 import logging
 import time
 
-from control.health import HealthChecker, Target
 from meshproxy import dns as dns_mod
 # H_* are C constants in the compiled build: the pure module's values are the same.
 from meshproxy._py.cluster import H_ACTIVE_HC, H_OUTLIER
@@ -139,10 +138,13 @@ class ClusterManager:
             hc = c.info.health_check if c.info is not None else None
             if hc is None:
                 continue
+            # imported with the first HealthCheck: a sidecar without one never loads the checker
+            from control.health import Target
             for ep in c.endpoints:
                 targets.setdefault(Target(ep.address, ep.port, hc, c.info.service), []).append(c.name)
         self.hc_targets = targets
         if targets and self.checker is None and not self._closing:
+            from control.health import HealthChecker
             self.checker = HealthChecker(self._hc_changed, active=self._hc_active)
         if self.checker is not None:
             self.checker.set_targets(targets)

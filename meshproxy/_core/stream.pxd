@@ -43,6 +43,7 @@ cdef int RETRY_ON_CONNECT_FAILURE, RETRY_ON_RESET
 cdef Py_ssize_t MAX_REPLAY
 cdef Py_ssize_t MAX_BUFFERED
 cdef dict _state
+cdef bint _COMPILED
 
 
 cdef class Codec:
@@ -119,6 +120,7 @@ cdef class Stream:
     @cython.locals(s=Stream)
     cdef Stream new(Codec conn, ListenerContext ctx, CRequestParser request, CRequestView view)
     cpdef setup(self, Codec conn, ListenerContext ctx, CRequestParser request, CRequestView view)
+    cpdef _defaults(self)
     @cython.locals(d=CDecision, cluster=CCluster, rc=CRouteContext, ctx=ListenerContext)
     cpdef start(self, Py_ssize_t head_length)
     cpdef _run_head_filters(self)

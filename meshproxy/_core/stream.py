@@ -53,6 +53,9 @@ from .router import A_ROUTE, RETRY_ON_CONNECT_FAILURE, RETRY_ON_RESET
 
 from meshproxy.errors import ProtocolError
 
+#: True in the compiled build (this file compiled as meshproxy._core.stream).
+_COMPILED = __name__.startswith("meshproxy._core")
+
 # What a filter hook answers.
 CONTINUE = 0
 STOP = 1
@@ -219,6 +222,15 @@ class Stream:
         self.ctx = ctx
         self.request = request  # the codec's parsed request (HTTP/1: http1.RequestParser)
         self.view = view  # router.RequestView over ``request``
+        self.flags = ""
+        self.req_extra = b""
+        self.resp_extra = b""
+        if not _COMPILED:
+            self._defaults()
+
+    def _defaults(self):
+        """Every other field's start value. A compiled stream is made zeroed (None, 0, False)
+        by its type, so only the pure twin runs this."""
         self.state = S_FILTERS
         self.decision = None
         self.cluster = None
@@ -235,7 +247,6 @@ class Stream:
         self.bytes_rx = 0
         self.bytes_tx = 0
         self.status = 0
-        self.flags = ""
         self.route_name = None
         self.attempts = 0
         self.retried = False
@@ -251,9 +262,7 @@ class Stream:
         self.filters = None
         self.filter_index = 0
         self.body_filters = False
-        self.req_extra = b""
         self.req_drop = None
-        self.resp_extra = b""
         self.resp_drop = None
         self.path = None
         self.set_cookie = None
