@@ -92,6 +92,7 @@ cdef class Decision:
     cdef public HeaderEdit request_edit, response_edit
     cdef public object path
     cdef public tuple filters
+    cdef public list shared_filters
     cdef public bint body_filters
     cdef public RetryRule retry
     cdef public double timeout

@@ -451,10 +451,18 @@ class Decision:
         self.path = path
         self.filters = filters
         self.body_filters = False
+        # When every filter of the chain is stateless, one list of instances serves every
+        # request (nothing made per request).
+        self.shared_filters = None
         if filters is not None:
+            shared = True
             for f in filters:
                 if f.body:
                     self.body_filters = True
+                if f.shared is None:
+                    shared = False
+            if shared:
+                self.shared_filters = [f.shared for f in filters]
 
     def with_path(self, path):
         """This decision with the upstream path replaced (a rewrite)."""

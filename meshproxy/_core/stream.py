@@ -298,7 +298,8 @@ class Stream:
         if factories is not None:
             # The route's filters run before the router acts (Envoy's order: a fault abort wins
             # over a direct response).
-            self.filters = [f.create() for f in factories]
+            shared = d.shared_filters
+            self.filters = shared if shared is not None else [f.create() for f in factories]
             self.body_filters = d.body_filters
             self._run_head_filters()
             return

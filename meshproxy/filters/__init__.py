@@ -31,7 +31,13 @@ STOP = _stream.STOP
 
 
 class HttpFilter:
-    """Base class of a filter instance (one per request); override the hooks you need."""
+    """Base class of a filter instance (one per request); override the hooks you need.
+
+    A filter that keeps no per-request state sets ``STATELESS = True``: one instance then serves
+    every request of the route (made at apply time), and nothing is allocated per request.
+    """
+
+    STATELESS = False
 
     def on_request_head(self, stream):
         return CONTINUE
@@ -65,8 +71,11 @@ class FilterFactory:
         self.config = config
         self.body = (cls.on_request_body is not HttpFilter.on_request_body
                      or cls.on_response_body is not HttpFilter.on_response_body)
+        self.shared = cls(config) if cls.STATELESS else None
 
     def create(self):
+        if self.shared is not None:
+            return self.shared
         return self.cls(self.config)
 
     def __repr__(self):

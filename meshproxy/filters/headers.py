@@ -8,7 +8,10 @@ from meshproxy.filters import CONTINUE, HttpFilter
 
 
 class HeaderEditFilter(HttpFilter):
-    """``config``: ``(request_edit, response_edit)``, either may be None."""
+    """``config``: ``(request_edit, response_edit)``, either may be None. Stateless: one
+    instance serves every request of the route."""
+
+    STATELESS = True
 
     def __init__(self, config):
         self.request_edit, self.response_edit = config
