@@ -120,7 +120,8 @@ def test_route_timeout_fires_within_50ms(make_sidecar, pair):
     for _ in range(3):
         status, _, body, took = get(s, "/sleep/2", conn)
         assert status == 504 and body == b"upstream request timeout", (status, body)
-        assert 0.3 <= took < 0.35, took
+        # (libuv's timers count whole milliseconds: a deadline may come up to 1 ms early)
+        assert 0.299 <= took < 0.35, took
     conn.close()
     _, body = s.admin_get("/stats/prometheus")
     assert 'response_flags="UT"' in body.decode()
