@@ -126,6 +126,31 @@ class HealthCheck:
     no_traffic_interval: float = 60.0
 
 
+#: Istio's "unlimited" circuit-breaker value (2^32 - 1), its default for every threshold.
+MAX_UNLIMITED = 4294967295
+
+
+@dataclass(frozen=True)
+class CircuitBreakers:
+    """DestinationRule connectionPool limits (Envoy's circuit breakers, cluster-wide)."""
+
+    max_connections: int = MAX_UNLIMITED  # tcp.maxConnections
+    max_pending_requests: int = MAX_UNLIMITED  # http.http1MaxPendingRequests
+    max_requests: int = MAX_UNLIMITED  # http.http2MaxRequests
+    max_retries: int = MAX_UNLIMITED  # http.maxRetries
+    max_requests_per_connection: int = 0  # http.maxRequestsPerConnection (0: unlimited)
+    max_connection_duration: float = 0.0  # tcp.maxConnectionDuration seconds (0: none)
+
+
+@dataclass(frozen=True)
+class RetryBudget:
+    """DestinationRule trafficPolicy.retryBudget (Envoy's circuit-breaker retry_budget)."""
+
+    percent: float = 20.0
+    min_retry_concurrency: int = 3
+    budget_interval: float = 0.0  # seconds (0: count only active + pending requests)
+
+
 @dataclass(frozen=True)
 class OutlierDetection:
     """DestinationRule ``outlierDetection`` with Istio's defaults filled in (Envoy's semantics).
@@ -168,6 +193,8 @@ class Cluster:
     destination_rule: str = ""  # "namespace/name" of the DestinationRule applied, if any
     health_check: Optional[HealthCheck] = None  # active health check (meshproxy HealthCheck kind)
     outlier_detection: Optional[OutlierDetection] = None  # None: only the passive connect-failure ejection
+    circuit_breakers: CircuitBreakers = CircuitBreakers()
+    retry_budget: Optional[RetryBudget] = None
 
 
 @dataclass(frozen=True)

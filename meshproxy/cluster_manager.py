@@ -7,7 +7,8 @@ must outlive a reload:
   reloads, and a connection is only ever reused for a request that needs the same transport;
 * **endpoints**, keyed by (cluster, address, port): live request counts and health (an ejected
   endpoint stays ejected through a reload);
-* **counters**, keyed by cluster name.
+* **counters** and **circuit breakers** (``cluster.Resources``: the limits and what they count),
+  keyed by cluster name.
 
 Each cluster carries its own settings (connect timeout, idle timeout, idle connections kept), so
 two clusters reaching the same address each behave as configured. ``DNS`` and ``DNS_ROUND_ROBIN``
@@ -23,6 +24,7 @@ control-plane server, would enter there too).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
@@ -50,6 +52,7 @@ class ClusterManager:
         self.pools: dict = {}  # pool key -> cluster.Pool
         self.endpoints: dict = {}  # (cluster name, address, port) -> cluster.Endpoint
         self.stats: dict = {}  # cluster name -> counters.ClusterStats
+        self.resources: dict = {}  # cluster name -> cluster.Resources (circuit breakers)
         self.clusters: dict = {}  # cluster name -> cluster.Cluster (the applied snapshot's)
         self.dns_clusters: list = []
         self.dns_due: dict = {}  # cluster name -> monotonic time its records expire
@@ -62,19 +65,23 @@ class ClusterManager:
     # -- building ------------------------------------------------------------------------------
 
     def pool_for(self, address: str, port: int, transport=cl.TRANSPORT_PLAINTEXT,
-                 protocol=cl.PROTOCOL_HTTP1):
-        """The pool for a key, made on first use."""
-        key = cl.pool_key(address, port, transport, protocol)
+                 protocol=cl.PROTOCOL_HTTP1, scope: str = ""):
+        """The pool for a key, made on first use (``scope``: a cluster whose pools are its own)."""
+        key = cl.pool_key(address, port, transport, protocol, scope)
         pool = self.pools.get(key)
         if pool is None:
             pool = self.pools[key] = cl.Pool(key)
         return pool
 
-    def endpoint(self, cluster_name: str, address: str, port: int):
+    def endpoint(self, cluster_name: str, address: str, port: int, scope: str = ""):
+        """The cluster's endpoint for ``address:port`` (kept across reloads), on the shared pool
+        or, with ``scope``, on a pool of the cluster's own."""
         key = (cluster_name, address, port)
         ep = self.endpoints.get(key)
         if ep is None:
-            ep = self.endpoints[key] = cl.Endpoint(address, port, self.pool_for(address, port))
+            ep = self.endpoints[key] = cl.Endpoint(address, port, self.pool_for(address, port, scope=scope))
+        elif ep.pool.key[4] != scope:
+            ep.pool = self.pool_for(address, port, scope=scope)
         return ep
 
     def build(self, snap) -> dict:
@@ -85,11 +92,19 @@ class ClusterManager:
             if stats is None:
                 stats = self.stats[c.name] = counters.ClusterStats(c.name)
             passthrough = c.resolution == "NONE" or c.lb_policy == "PASSTHROUGH"
+            res = self._resources(c)
+            # A connection limit counts the cluster's own connections: it gets pools of its own
+            # (Envoy's pools are per cluster); otherwise pools are shared by address.
+            scope = c.name if res.max_connections < cl.MAX_UNLIMITED else ""
+            pool_for = self.pool_for if not scope else functools.partial(self.pool_for, scope=scope)
             cluster = cl.Cluster(
                 c.name, stats, c, c.lb_policy, c.hash_policy,
                 connect_timeout=c.connect_timeout, idle_timeout=c.idle_timeout,
                 max_idle=c.max_idle_per_endpoint, passthrough=passthrough,
-                default_port=c.port, pool_for=self.pool_for)
+                default_port=c.port, pool_for=pool_for, resources=res)
+            cb = c.circuit_breakers
+            cluster.max_requests_per_connection = cb.max_requests_per_connection
+            cluster.max_connection_duration = cb.max_connection_duration
             od = c.outlier_detection
             if od is not None:
                 cluster.detector = cl.OutlierDetection(
@@ -97,7 +112,7 @@ class ClusterManager:
                     od.split_external_local_origin_errors, od.interval, od.base_ejection_time,
                     od.max_ejection_time, float(od.max_ejection_percent))
                 cluster.panic_threshold = float(od.min_health_percent)
-            eps = [self.endpoint(c.name, e.address, e.port) for e in c.endpoints]
+            eps = [self.endpoint(c.name, e.address, e.port, scope) for e in c.endpoints]
             # Weights and priorities (locality failover) were computed by control.
             cluster.set_endpoints(eps, [e.weight for e in c.endpoints],
                                   [e.priority for e in c.endpoints])
@@ -111,6 +126,20 @@ class ClusterManager:
                 cluster.detector.take_state(old.detector)
             clusters[c.name] = cluster
         return clusters
+
+    def _resources(self, c):
+        """The circuit breakers of snapshot cluster ``c``: its name's Resources with ``c``'s
+        limits (the counts carry on through reloads)."""
+        res = self.resources.get(c.name)
+        if res is None:
+            res = self.resources[c.name] = cl.Resources()
+        cb = c.circuit_breakers
+        rb = c.retry_budget
+        res.configure(cb.max_connections, cb.max_pending_requests, cb.max_requests,
+                      cb.max_retries, rb.percent if rb is not None else -1.0,
+                      rb.min_retry_concurrency if rb is not None else 3,
+                      rb.budget_interval if rb is not None else 0.0)
+        return res
 
     async def commit(self, snap, clusters: dict) -> None:
         """Make ``clusters`` current: resolve DNS clusters (bounded), drop unused pools."""
@@ -289,6 +318,9 @@ class ClusterManager:
                         "connect_timeout": c.connect_timeout, "idle_timeout": c.idle_timeout,
                         "outlier_detection": {"settings": det.settings(), **det.counters()}
                         if det is not None else None,
+                        "circuit_breakers": live.res.state(live.stats) if live is not None else None,
+                        "max_requests_per_connection": c.circuit_breakers.max_requests_per_connection,
+                        "max_connection_duration": c.circuit_breakers.max_connection_duration,
                         "endpoints": eps})
         return out
 

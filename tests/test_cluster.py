@@ -316,7 +316,7 @@ def test_passthrough_dials_the_requests_authority(b):
     assert type(ep) is b.cluster.Endpoint
     assert (ep.address, ep.port, ep.host) == ("127.0.0.9", 8080, "127.0.0.9:8080")
     assert ep.pool is pools("127.0.0.9", 8080)
-    assert ep.pool.key == ("127.0.0.9", 8080, "plaintext", "http/1.1")
+    assert ep.pool.key == ("127.0.0.9", 8080, "plaintext", "http/1.1", "")
     assert choose(c, lb) is ep and ep.rq_active == 2 and ep.rq_total == 2
     release(c, ep)
     release(c, ep)
@@ -428,6 +428,7 @@ class FakeUpstream:
     def __init__(self):
         self.closed = False
         self.idle_deadline = 0.0
+        self.expiring = False  # its deadline is its maxConnectionDuration
 
     def close(self):
         self.closed = True

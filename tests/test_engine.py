@@ -475,7 +475,7 @@ def test_clusters_sharing_an_address_share_one_pool(b, make_engine):
     pool = e.cm.pool_for(*ADDR)
     assert type(pool) is b.cluster.Pool
     assert ew.pool is pool and ea.pool is pool
-    assert pool.key == (ADDR[0], ADDR[1], "plaintext", "http/1.1")
+    assert pool.key == (ADDR[0], ADDR[1], "plaintext", "http/1.1", "")
     mtls = e.cm.pool_for(ADDR[0], ADDR[1], transport="spiffe://x/ns/a/sa/b")
     assert mtls is not pool and mtls.key[2] == "spiffe://x/ns/a/sa/b"
     assert e.cm.pool_for(ADDR[0], ADDR[1], transport="spiffe://x/ns/a/sa/b") is mtls
@@ -991,7 +991,7 @@ def test_connect_failure_retries_another_endpoint_and_releases_the_slot(b, make_
     assert two.stats.cx_connect_fail == 1
     snap = two.stats.snapshot()
     assert snap["flags"] == {} and (snap["rq_retry"], snap["rq_retry_success"]) == (1, 1)
-    assert two.retries_active == 0
+    assert two.res.retries == 0
 
 
 def test_endpoint_ejected_while_a_request_is_in_flight(b, make_engine):
@@ -1034,7 +1034,7 @@ def test_connect_failure_everywhere_is_503_uf(b, make_engine):
     snap = e.clusters[WEB].stats.snapshot()
     assert snap["flags"] == {"UF,URX|503": 1}
     assert (snap["rq_retry"], snap["rq_retry_limit_exceeded"]) == (2, 1)
-    assert e.clusters[WEB].endpoints[0].rq_active == 0 and e.clusters[WEB].retries_active == 0
+    assert e.clusters[WEB].endpoints[0].rq_active == 0 and e.clusters[WEB].res.retries == 0
 
 
 def test_client_gone_mid_request_closes_the_upstream(b, make_engine):
@@ -1362,7 +1362,7 @@ def test_5xx_is_retried_on_the_other_endpoint_with_the_body_replayed(b, make_eng
     two = e.clusters[TWO]
     snap = two.stats.snapshot()
     assert (snap["rq_retry"], snap["rq_retry_success"], snap["codes"]) == (1, 1, {200: 1})
-    assert s.flags == "" and two.retries_active == 0
+    assert s.flags == "" and two.res.retries == 0
     assert [ep.rq_active for ep in two.endpoints] == [0, 0]
 
 
@@ -1432,8 +1432,8 @@ def test_a_body_too_large_to_keep_is_not_retried(b, make_engine):
 def test_retry_budget_overflow_relays_the_answer(b, make_engine):
     e = make_engine()
     two = e.clusters[TWO]
-    two.budget_percent = 0.0  # a budget of zero concurrent retries
-    two.budget_min = 0
+    two.res.budget_percent = 0.0  # a budget of zero concurrent retries
+    two.res.budget_min = 0
     client_t, conn = e.client()
     conn.data_received(get("retry"))
     e.loop.run()
@@ -1442,8 +1442,8 @@ def test_retry_budget_overflow_relays_the_answer(b, make_engine):
     snap = two.stats.snapshot()
     assert (snap["rq_retry"], snap["rq_retry_overflow"]) == (0, 1)
     # maxRetries is the separate breaker on concurrent retries
-    two.budget_percent = -1.0
-    two.max_retries = 0
+    two.res.budget_percent = -1.0
+    two.res.max_retries = 0
     conn.data_received(get("retry"))
     e.loop.run()
     respond(conn.stream.upstream.transport, E500)
@@ -1460,9 +1460,251 @@ def test_retry_timer_is_cancelled_when_the_client_leaves(b, make_engine):
     (timer,) = [t for t in e.loop.timers if not t.fired]
     conn.connection_lost(None)
     assert timer.cancelled
-    assert e.clusters[TWO].retries_active == 0
+    assert e.clusters[TWO].res.retries == 0
     assert [ep.rq_active for ep in e.clusters[TWO].endpoints] == [0, 0]
 
+
+
+# -- circuit breakers (connectionPool limits), retry budget, retryRemoteLocalities ----------------
+
+UO_HEAD = b"HTTP/1.1 503 Service Unavailable\r\n"
+
+
+def overflowed(data):
+    return (data.startswith(UO_HEAD) and b"x-envoy-overloaded: true\r\n" in data
+            and data.endswith(b"reset reason: overflow"))
+
+
+def test_max_requests_overflows_at_once(b, make_engine):
+    e = make_engine()
+    web = e.clusters[WEB]
+    web.res.max_requests = 1  # http2MaxRequests: 1
+    a_t, a = e.client()
+    a.data_received(get("web"))
+    e.loop.run()
+    b_t, bc = e.client()
+    bc.data_received(get("web"))
+    assert overflowed(b_t.take()), "the second request in flight overflows, unqueued"
+    assert len(e.loop.connects) == 1
+    respond(e.loop.upstreams[0])
+    assert a_t.take() == OK
+    snap = web.stats.snapshot()
+    assert snap["rq_pending_overflow"] == 1 and snap["flags"] == {"UO|503": 1}
+    # below the limit again: served
+    served(e, (b_t, bc), get("web"))
+    assert b_t.take() == OK
+
+
+def test_max_connections_queues_then_pending_overflows(b, make_engine):
+    """Istio's circuit-breaking task: maxConnections 1, http1MaxPendingRequests 1."""
+    e = make_engine()
+    web = e.clusters[WEB]
+    web.res.max_connections = 1
+    web.res.max_pending = 1
+    a_t, a = e.client()
+    a.data_received(get("web", "/a"))
+    assert web.stats.rq_pending_active == 1, "a request waiting for its new connection is pending"
+    e.loop.run()
+    assert web.stats.rq_pending_active == 0 and web.res.connections == 1
+    b_t, bc = e.client()
+    bc.data_received(get("web", "/b"))
+    assert bc.stream.waiting == py_stream.W_QUEUE and web.res.waiting == [bc.stream]
+    c_t, cc = e.client()
+    cc.data_received(get("web", "/c"))
+    assert overflowed(c_t.take()), "one more than http1MaxPendingRequests: 503 UO at once"
+    e.loop.run()
+    assert len(e.loop.connects) == 1, "never a second connection"
+    up = e.loop.upstreams[0]
+    assert up.take().startswith(b"GET /a ")
+    respond(up)
+    assert a_t.take() == OK
+    assert up.take().startswith(b"GET /b "), "the freed connection goes to the queued request"
+    respond(up)
+    assert b_t.take() == OK
+    snap = web.stats.snapshot()
+    assert (snap["cx_overflow"], snap["rq_pending_overflow"], snap["rq_pending_total"],
+            snap["rq_pending_active"]) == (1, 1, 2, 0)
+    assert web.res.waiting == [] and web.res.connections == 1
+    state = web.res.state(web.stats)
+    assert state["cx_open"] == 1 and state["remaining_cx"] == 0 and state["remaining_pending"] == 1
+
+
+def test_a_queued_request_connects_when_a_connection_closes(b, make_engine):
+    e = make_engine()
+    web = e.clusters[WEB]
+    web.res.max_connections = 1
+    a_t, a = e.client()
+    a.data_received(get("web", "/a"))
+    e.loop.run()
+    b_t, bc = e.client()
+    bc.data_received(get("web", "/b"))
+    assert web.res.waiting == [bc.stream]
+    up = e.loop.upstreams[0]
+    up.protocol.connection_lost(None)  # the upstream went away mid-request
+    assert a_t.take().startswith(b"HTTP/1.1 503 ")
+    e.loop.run()
+    assert len(e.loop.connects) == 2 and web.res.waiting == []
+    assert e.loop.upstreams[1].take().startswith(b"GET /b ")
+    respond(e.loop.upstreams[1])
+    assert b_t.take() == OK
+    assert web.res.connections == 1 and web.stats.rq_pending_active == 0
+
+
+def test_a_queued_request_leaves_the_queue_when_its_client_goes(b, make_engine):
+    e = make_engine()
+    web = e.clusters[WEB]
+    web.res.max_connections = 1
+    a_t, a = e.client()
+    a.data_received(get("web"))
+    e.loop.run()
+    b_t, bc = e.client()
+    bc.data_received(get("web"))
+    assert web.stats.rq_pending_active == 1
+    bc.connection_lost(None)
+    assert web.res.waiting == [] and web.stats.rq_pending_active == 0
+    respond(e.loop.upstreams[0])
+    assert a_t.take() == OK
+    assert len(web.endpoints[0].pool.idle) == 1, "nobody waits: the connection goes idle"
+
+
+def test_max_requests_per_connection_closes_after_the_response(b, make_engine):
+    e = make_engine()
+    web = e.clusters[WEB]
+    web.max_requests_per_connection = 2
+    client = e.client()
+    up1 = served(e, client, get("web"))
+    assert not up1.closed
+    up2 = served(e, client, get("web"))
+    assert up2 is up1 and up1.closed, "closed after its second request"
+    assert web.stats.snapshot()["cx_max_requests"] == 1
+    up3 = served(e, client, get("web"))
+    assert up3 is not up1 and len(e.loop.connects) == 2
+
+
+def test_max_connection_duration_closes_an_old_connection(b, make_engine):
+    e = make_engine()
+    web = e.clusters[WEB]
+    web.max_connection_duration = 60.0
+    client = e.client()
+    up1 = served(e, client, get("web"))
+    assert not up1.closed
+    idle = web.endpoints[0].pool.idle
+    assert idle and idle[0].idle_deadline <= up1.protocol.created + 60.0 + 0.01
+    up1.protocol.created -= 61.0  # it has lived past maxConnectionDuration
+    served(e, client, get("web"))
+    assert up1.closed and web.stats.snapshot()["cx_max_duration_reached"] == 1
+    # an idle one is swept at its duration
+    up2 = served(e, client, get("web"))
+    assert up2 is not up1
+    (idle_up,) = web.endpoints[0].pool.idle
+    assert idle_up is up2.protocol and not up2.closed and idle_up.expiring
+    web.endpoints[0].pool.sweep(idle_up.created + 60.0 + 0.01)
+    assert up2.closed and web.stats.snapshot()["cx_max_duration_reached"] == 2
+
+
+def test_retry_budget_counts_active_and_pending_requests(b):
+    stats = b.counters.ClusterStats("c")
+    res = b.cluster.Resources()
+    res.configure(b.cluster.MAX_UNLIMITED, b.cluster.MAX_UNLIMITED, b.cluster.MAX_UNLIMITED, 0,
+                  20.0, 3, 0.0)
+    for _ in range(20):
+        stats.rq_start()
+    for _ in range(10):
+        stats.pending_start()
+    # the budget replaces maxRetries (0 here): 20% of 30 = 6 concurrent retries
+    res.retries = 5
+    assert res.retry_allowed(stats)
+    res.retries = 6
+    assert not res.retry_allowed(stats)
+    # never fewer than minRetryConcurrency
+    quiet = b.counters.ClusterStats("q")
+    res.retries = 2
+    assert res.retry_allowed(quiet)
+    res.retries = 3
+    assert not res.retry_allowed(quiet)
+
+
+def test_retry_budget_interval_counts_recent_requests(b):
+    stats = b.counters.ClusterStats("c")
+    res = b.cluster.Resources()
+    res.configure(b.cluster.MAX_UNLIMITED, b.cluster.MAX_UNLIMITED, b.cluster.MAX_UNLIMITED,
+                  b.cluster.MAX_UNLIMITED, 50.0, 1, 10.0)
+    for _ in range(40):
+        res.request_started()
+    res.retries = 19  # 50% of the 40 started in the last 10 s, none active now
+    assert res.retry_allowed(stats)
+    res.retries = 20
+    assert not res.retry_allowed(stats)
+
+
+def test_max_retries_breaker_without_a_budget(b):
+    stats = b.counters.ClusterStats("c")
+    res = b.cluster.Resources()
+    res.max_retries = 2
+    res.retries = 1
+    assert res.retry_allowed(stats)
+    res.retries = 2
+    assert not res.retry_allowed(stats)
+    assert res.state(stats)["rq_retry_open"] == 1
+
+
+def test_reset_before_request_retries_a_refused_connect(b, make_engine):
+    """Istio's inbound default: retry reset-before-request twice (a connect the app refused)."""
+    snap = default_snapshot()
+    lst = snap.listeners[0]
+    inbound = vhost(["inbound"], to(WEB, name="in", retries=RetryPolicy(
+        attempts=2, retry_on=("reset-before-request",))))
+    lst = dataclasses.replace(lst, virtual_hosts=lst.virtual_hosts + (inbound,))
+    e = make_engine(dataclasses.replace(snap, listeners=(lst,)))
+    e.loop.refuse = 2
+    client_t, conn = e.client()
+    conn.data_received(get("inbound"))
+    e.loop.settle()
+    assert len(e.loop.connects) == 3
+    respond(e.loop.upstreams[0])
+    assert client_t.take() == OK
+    assert e.clusters[WEB].stats.snapshot()["rq_retry"] == 2
+    # a reset after the request was written is not retried under reset-before-request
+    # (a pooled connection found closed is re-dialled once, whatever the policy)
+    conn.data_received(get("inbound"))
+    e.loop.run()
+    conn.stream.upstream.transport.protocol.connection_lost(None)
+    e.loop.run()
+    assert len(e.loop.connects) == 4
+    e.loop.upstreams[-1].protocol.connection_lost(None)
+    e.loop.settle()
+    assert client_t.take().startswith(b"HTTP/1.1 503 ")
+    assert len(e.loop.connects) == 4
+    assert e.clusters[WEB].stats.snapshot()["rq_retry"] == 2
+
+
+def test_retry_remote_localities_goes_to_the_next_priority(b, make_engine):
+    far = ("127.0.0.63", 8080)
+    snap = default_snapshot()
+    clusters = tuple(c for c in snap.clusters if c.name != TWO) + (SCluster(
+        name=TWO, direction="outbound", service="two", namespace="default", port=80,
+        port_name="http", protocol="HTTP",
+        endpoints=(SEndpoint(*TWO_ADDRS[0], 8080, priority=0),
+                   SEndpoint(*TWO_ADDRS[1], 8080, priority=0),
+                   SEndpoint(*far, 8080, priority=1))),)
+    lst = snap.listeners[0]
+    remote = vhost(["remote"], to(TWO, name="remote", retries=RetryPolicy(
+        attempts=1, retry_on=("5xx",), retry_remote_localities=True, configured=True)))
+    local = vhost(["local"], to(TWO, name="local", retries=RetryPolicy(
+        attempts=1, retry_on=("5xx",), configured=True)))
+    lst = dataclasses.replace(lst, virtual_hosts=lst.virtual_hosts + (remote, local))
+    e = make_engine(dataclasses.replace(snap, listeners=(lst,), clusters=clusters))
+    for host, want in (("remote", [far]), ("local", TWO_ADDRS)):
+        client_t, conn = e.client()
+        before = len(e.loop.connects)
+        conn.data_received(get(host))
+        e.loop.run()
+        respond(e.loop.upstreams[-1], E500)
+        e.loop.settle()
+        assert len(e.loop.connects) == before + 2
+        assert e.loop.connects[-1] in [tuple(a) for a in want], host
+        respond(e.loop.upstreams[-1])
+        assert client_t.take() == OK
 
 
 # -- timeouts ---------------------------------------------------------------------------------------

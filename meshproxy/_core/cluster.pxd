@@ -101,6 +101,23 @@ cdef class OutlierDetection(OutlierDetector):
 
 
 @cython.final
+cdef class Resources:
+    cdef public long long max_connections, max_pending, max_requests, max_retries
+    cdef public double budget_percent, budget_interval
+    cdef public long long budget_min
+    cdef public long long connections, retries
+    cdef public list waiting
+    cdef public double window_start
+    cdef public long long window_requests, previous_requests
+
+    @cython.locals(now=double)
+    cpdef request_started(self)
+    @cython.locals(active="long long", allowed="long long", requests=double, now=double,
+                   elapsed=double)
+    cpdef bint retry_allowed(self, CClusterStats stats)
+
+
+@cython.final
 cdef class Cluster:
     cdef public str name
     cdef public CClusterStats stats
@@ -120,10 +137,9 @@ cdef class Cluster:
     cdef public long long gen
     cdef public dict original
     cdef public OutlierDetector detector
-    cdef public long long retries_active, max_retries, budget_min
-    cdef public double budget_percent
-
-    cpdef bint retry_allowed(self)
+    cdef public Resources res
+    cdef public Py_ssize_t max_requests_per_connection
+    cdef public double max_connection_duration
     cdef public double panic_threshold
 
     @cython.locals(ep=Endpoint, lr=CLeastRequestPicker)
@@ -133,6 +149,8 @@ cdef class Cluster:
     @cython.locals(kind=int, key="unsigned long long", rr=CRoundRobinPicker, lr=CLeastRequestPicker,
                    rnd=CRandomPicker, rh=CRingHashPicker, mg=CMaglevPicker)
     cpdef Py_ssize_t _pick_index(self, LbContext lb) except -1
+    @cython.locals(ep=Endpoint, tried=int, best=int, p=int, group=list)
+    cpdef Endpoint choose_remote(self, LbContext lb)
     @cython.locals(ep=Endpoint)
     cpdef Endpoint _other(self, LbContext lb)
     @cython.locals(ep=Endpoint, port=int, colon=Py_ssize_t, host=bytes, name=bytes)

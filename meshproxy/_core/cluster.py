@@ -24,6 +24,12 @@ Theory of operation
   ``result`` is an HTTP status (> 0) or one of the ``RESULT_*`` local-origin outcomes (Envoy's
   ``Outlier::Result``). An endpoint is out of rotation while any ``H_*`` health bit is set (an
   outlier ejection, later an active health check): it returns only when every bit has cleared.
+* A cluster's circuit breakers (DestinationRule ``connectionPool`` limits, ``retryBudget``) and
+  what they count live in its ``Resources`` (Envoy's ResourceManager), which the cluster manager
+  keeps by cluster name across reloads, so a reload neither resets the counts nor lets requests
+  already in flight escape them. ``Resources.waiting`` holds the streams queued for a connection
+  at ``maxConnections`` (the stream engine serves it). A cluster with a connection limit has pools
+  of its own (``pool_key(..., scope=cluster name)``), so its connections are counted exactly.
 * Without a DestinationRule ``outlierDetection`` a cluster has the base ``OutlierDetector`` (a
   connect failure ejects for ``CONNECT_FAILURE_EJECTION`` s; no per-response cost). With one it
   has an ``OutlierDetection``: Envoy's consecutive-5xx / gateway / local-origin detection, ejection
@@ -89,9 +95,10 @@ log = logging.getLogger("meshproxy")
 PASSTHROUGH_MAX = 4096
 
 
-def pool_key(address, port, transport=TRANSPORT_PLAINTEXT, protocol=PROTOCOL_HTTP1):
-    """The key of the pool that may serve a request to ``address:port`` over ``transport``."""
-    return (address, port, transport, protocol)
+def pool_key(address, port, transport=TRANSPORT_PLAINTEXT, protocol=PROTOCOL_HTTP1, scope=""):
+    """The key of the pool that may serve a request to ``address:port`` over ``transport``;
+    ``scope``: the cluster whose pools are its own (it has a connection limit), else ""."""
+    return (address, port, transport, protocol, scope)
 
 
 class Pool:
@@ -138,6 +145,8 @@ class Pool:
             if up.closed:
                 continue
             if now >= up.idle_deadline:
+                if up.expiring:
+                    up.stats.max_duration_reached()
                 up.close()
                 continue
             keep.append(up)
@@ -457,6 +466,105 @@ class OutlierDetection(OutlierDetector):
                 "min_health_percent": self.cluster.panic_threshold}
 
 
+class Resources:
+    """A cluster's circuit breakers and what they count (Envoy's ResourceManager).
+
+    Limits (Istio's DestinationRule ``connectionPool``; ``MAX_UNLIMITED`` when not set):
+    ``max_connections`` (connections open or opening, ``connections``), ``max_pending``
+    (requests waiting for a connection: ``ClusterStats.rq_pending_active``), ``max_requests``
+    (requests in flight: ``ClusterStats.rq_active``), ``max_retries`` (retries in flight,
+    ``retries``). A ``retryBudget`` (``budget_percent`` >= 0) replaces ``max_retries``, as in
+    Envoy: retries in flight may be ``budget_percent`` of the active and pending requests (of the
+    requests started in the last ``budget_interval`` s when that is set), never fewer than
+    ``budget_min``. ``waiting``: streams queued at ``max_connections``, oldest first.
+    """
+
+    def __init__(self):
+        self.max_connections = MAX_UNLIMITED
+        self.max_pending = MAX_UNLIMITED
+        self.max_requests = MAX_UNLIMITED
+        self.max_retries = MAX_UNLIMITED
+        self.budget_percent = -1.0
+        self.budget_min = 3
+        self.budget_interval = 0.0
+        self.connections = 0
+        self.retries = 0
+        self.waiting = []
+        # budget_interval: requests started in the current and the previous interval
+        self.window_start = 0.0
+        self.window_requests = 0
+        self.previous_requests = 0
+
+    def configure(self, max_connections, max_pending, max_requests, max_retries,
+                  budget_percent=-1.0, budget_min=3, budget_interval=0.0):
+        """New limits (a snapshot was applied); the counts carry on."""
+        self.max_connections = max_connections
+        self.max_pending = max_pending
+        self.max_requests = max_requests
+        self.max_retries = max_retries
+        self.budget_percent = budget_percent
+        self.budget_min = budget_min
+        self.budget_interval = budget_interval
+
+    def request_started(self):
+        """Count a request for the budget's interval (only called when ``budget_interval``)."""
+        now = _monotonic()
+        if now - self.window_start >= self.budget_interval:
+            # The window moved on: the last one becomes the previous (or nothing, if idle longer).
+            if now - self.window_start < 2.0 * self.budget_interval:
+                self.previous_requests = self.window_requests
+            else:
+                self.previous_requests = 0
+            self.window_requests = 0
+            self.window_start = now
+        self.window_requests += 1
+
+    def retry_allowed(self, stats):
+        """May one more retry start now (the retry budget, else the maxRetries breaker)?"""
+        active = self.retries
+        if self.budget_percent < 0.0:
+            return active < self.max_retries
+        if self.budget_interval > 0.0:
+            # Requests of the last interval: the current window, and the previous one's share.
+            now = _monotonic()
+            elapsed = now - self.window_start
+            if elapsed >= 2.0 * self.budget_interval:
+                requests = 0.0
+            elif elapsed >= self.budget_interval:
+                requests = self.window_requests * (2.0 - elapsed / self.budget_interval)
+            else:
+                requests = (self.window_requests
+                            + self.previous_requests * (1.0 - elapsed / self.budget_interval))
+        else:
+            requests = stats.rq_active + stats.rq_pending_active
+        allowed = int(requests * self.budget_percent / 100.0)
+        if allowed < self.budget_min:
+            allowed = self.budget_min
+        return active < allowed
+
+    def state(self, stats):
+        """Envoy's ``circuit_breakers.default.*`` gauges and the thresholds, for admin."""
+        requests = stats.rq_active
+        pending = stats.rq_pending_active
+        retry_max = self.max_retries
+        if self.budget_percent >= 0.0:
+            retry_max = int((requests + pending) * self.budget_percent / 100.0)
+            if retry_max < self.budget_min:
+                retry_max = self.budget_min
+        return {"max_connections": self.max_connections, "max_pending_requests": self.max_pending,
+                "max_requests": self.max_requests, "max_retries": self.max_retries,
+                "cx_open": int(self.connections >= self.max_connections),
+                "rq_pending_open": int(pending >= self.max_pending),
+                "rq_open": int(requests >= self.max_requests),
+                "rq_retry_open": int(self.retries >= retry_max),
+                "remaining_cx": max(0, self.max_connections - self.connections),
+                "remaining_pending": max(0, self.max_pending - pending),
+                "remaining_rq": max(0, self.max_requests - requests),
+                "remaining_retries": max(0, retry_max - self.retries),
+                "connections": self.connections, "retries_active": self.retries,
+                "waiting": len(self.waiting)}
+
+
 class Cluster:
     """A cluster as the data plane uses it: endpoints by priority, a picker, counters, settings.
 
@@ -469,11 +577,12 @@ class Cluster:
         passthrough: dial the request's own authority (ServiceEntry ``resolution: NONE``,
             DestinationRule ``PASSTHROUGH``): explicit mode's original-destination cluster.
         pool_for: ``pool_for(address, port) -> Pool``; the cluster manager's pool lookup.
+        resources: the cluster's ``Resources`` (circuit breakers), kept across reloads.
     """
 
     def __init__(self, name, stats, info=None, policy="LEAST_REQUEST", hash_policy=None,
                  connect_timeout=10.0, idle_timeout=3600.0, max_idle=1024, passthrough=False,
-                 default_port=80, pool_for=None):
+                 default_port=80, pool_for=None, resources=None):
         self.name = name
         self.stats = stats
         self.info = info
@@ -498,31 +607,18 @@ class Cluster:
         self.gen = 0
         self.original = None  # passthrough: (address, port) -> Endpoint
         self.detector = OutlierDetector(self)
-        # Retries in progress, bounded by connectionPool.http.maxRetries and the retry budget
-        # (trafficPolicy.retryBudget: ``budget_percent`` of the active requests, at least
-        # ``budget_min``; a negative percent: no budget).
-        self.retries_active = 0
-        self.max_retries = MAX_UNLIMITED
-        self.budget_percent = -1.0
-        self.budget_min = 3
+        # Circuit breakers: the cluster manager passes the one kept for this cluster's name.
+        self.res = resources if resources is not None else Resources()
+        # Upstream connections are closed after this many requests (0: no limit), and once
+        # older than this many seconds (0.0: no limit): connectionPool.http.maxRequestsPerConnection
+        # and tcp.maxConnectionDuration.
+        self.max_requests_per_connection = 0
+        self.max_connection_duration = 0.0
         # Envoy's healthy_panic_threshold (Istio's minHealthPercent, set with outlierDetection):
         # the group balanced over is in panic (health ignored) when its healthy share is below it;
         # 0: never (nothing healthy: no endpoint). < 0, no outlierDetection: panic only when
         # nothing at all is healthy.
         self.panic_threshold = -1.0
-
-    def retry_allowed(self):
-        """May one more retry start now (the maxRetries breaker and the retry budget)?"""
-        active = self.retries_active
-        if active >= self.max_retries:
-            return False
-        if self.budget_percent >= 0.0:
-            allowed = int(self.stats.rq_active * self.budget_percent / 100.0)
-            if allowed < self.budget_min:
-                allowed = self.budget_min
-            if active >= allowed:
-                return False
-        return True
 
     def set_endpoints(self, endpoints, weights, priorities=None):
         """New membership (apply, DNS re-resolution): rebuild the groups and the picker."""
@@ -649,6 +745,32 @@ class Cluster:
             return rh.pick(key)
         mg = picker
         return mg.pick(key)
+
+    def choose_remote(self, lb):
+        """A retry under ``retryRemoteLocalities``: a healthy endpoint of the nearest priority
+        (locality) beyond every one tried so far (``lb.avoid``), or None when there is none.
+        Takes the request's slot as ``choose`` does."""
+        avoid = lb.avoid
+        if avoid is None:
+            return None
+        eps = self.endpoints
+        prios = self.priorities
+        tried = -1
+        for i in range(len(eps)):
+            if eps[i] in avoid and prios[i] > tried:
+                tried = prios[i]
+        best = -1
+        for i in range(len(eps)):
+            p = prios[i]
+            if p > tried and eps[i].healthy and (best < 0 or p < best):
+                best = p
+        if best < 0:
+            return None
+        group = [eps[i] for i in range(len(eps)) if prios[i] == best and eps[i].healthy]
+        ep = group[int(_random() * len(group)) % len(group)]
+        ep.rq_active += 1
+        ep.rq_total += 1
+        return ep
 
     def _other(self, lb):
         """An endpoint not in ``lb.avoid`` (a retry), or None."""

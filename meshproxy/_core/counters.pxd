@@ -23,12 +23,20 @@ cdef class ClusterStats:
     cdef readonly uint64_t rq_retry_success
     cdef readonly uint64_t rq_retry_overflow
     cdef readonly uint64_t rq_retry_limit_exceeded
+    # Circuit breakers: requests waiting for a connection (Envoy's upstream_rq_pending_*), and
+    # connections closed by maxRequestsPerConnection / maxConnectionDuration.
+    cdef readonly uint64_t rq_pending_total
+    cdef readonly int64_t rq_pending_active
+    cdef readonly uint64_t rq_pending_overflow
+    cdef readonly uint64_t cx_max_requests
+    cdef readonly uint64_t cx_max_duration_reached
     # Connections.
     cdef readonly uint64_t cx_total
     cdef readonly int64_t cx_active
     cdef readonly uint64_t cx_connect_fail
     cdef readonly uint64_t cx_destroy_remote
-    # Downstream limits and timeouts (listeners only).
+    # Connection limits (a listener's maxDownstreamConnections, a cluster's maxConnections) and
+    # downstream timeouts (listeners only).
     cdef readonly uint64_t cx_overflow
     cdef readonly uint64_t cx_idle_timeout
     cdef readonly uint64_t rq_header_timeout
@@ -57,6 +65,11 @@ cdef class ClusterStats:
     cpdef void retry_success(self) noexcept
     cpdef void retry_overflow(self) noexcept
     cpdef void retry_limit_exceeded(self) noexcept
+    cpdef void pending_start(self) noexcept
+    cpdef void pending_end(self) noexcept
+    cpdef void pending_overflow(self) noexcept
+    cpdef void max_requests_reached(self) noexcept
+    cpdef void max_duration_reached(self) noexcept
     cpdef void overflow(self) noexcept
     cpdef void idle_timeout(self) noexcept
     cpdef void header_timeout(self) noexcept

@@ -20,7 +20,10 @@ Snapshot format (``ClusterStats.snapshot()``, also what ``merge`` returns)::
      "bytes_rx": int, "bytes_tx": int,
      "rq_retry": int, "rq_retry_success": int, "rq_retry_overflow": int,
      "rq_retry_limit_exceeded": int,
-     "cx_overflow": int, "cx_idle_timeout": int,          # listeners only (0 for clusters)
+     "rq_pending_total": int, "rq_pending_active": int, "rq_pending_overflow": int,
+     "cx_max_requests": int, "cx_max_duration_reached": int,   # clusters only
+     "cx_overflow": int,                # listener: maxDownstreamConnections; cluster: maxConnections
+     "cx_idle_timeout": int,            # listeners only (0 for clusters)
      "rq_header_timeout": int, "rq_idle_timeout": int,
      "codes": {status: count},          # non-zero only; 0 = no status / out of range
      "flags": {"UF|503": count},        # "<response flags>|<status>"
@@ -88,8 +91,25 @@ class ClusterStats:
     @property
     def rq_retry_limit_exceeded(self) -> int:
         """Requests that failed retriably with no attempt left (flag ``URX``)."""
+    @property
+    def rq_pending_total(self) -> int:
+        """Requests that waited for a connection (a new one, or one freed by maxConnections)."""
+    @property
+    def rq_pending_active(self) -> int:
+        """Requests waiting for a connection now (what http1MaxPendingRequests limits)."""
+    @property
+    def rq_pending_overflow(self) -> int:
+        """Requests answered 503 UO: http1MaxPendingRequests or http2MaxRequests was full."""
+    @property
+    def cx_max_requests(self) -> int:
+        """Upstream connections closed after maxRequestsPerConnection requests."""
+    @property
+    def cx_max_duration_reached(self) -> int:
+        """Upstream connections closed because they reached maxConnectionDuration."""
+    @property
     def cx_overflow(self) -> int:
-        """Connections closed at accept: the listener was at its connection limit."""
+        """A listener: connections closed at accept (maxDownstreamConnections). A cluster: new
+        connections not made because maxConnections was reached (Envoy's upstream_cx_overflow)."""
     @property
     def cx_idle_timeout(self) -> int:
         """Client connections closed by the idle timeout."""
@@ -132,6 +152,16 @@ class ClusterStats:
         """``rq_retry_overflow += 1``."""
     def retry_limit_exceeded(self) -> None:
         """``rq_retry_limit_exceeded += 1``."""
+    def pending_start(self) -> None:
+        """``rq_pending_total += 1``, ``rq_pending_active += 1``."""
+    def pending_end(self) -> None:
+        """``rq_pending_active -= 1``."""
+    def pending_overflow(self) -> None:
+        """``rq_pending_overflow += 1``."""
+    def max_requests_reached(self) -> None:
+        """``cx_max_requests += 1``."""
+    def max_duration_reached(self) -> None:
+        """``cx_max_duration_reached += 1``."""
     def timeout(self) -> None:
         """``rq_timeout += 1``."""
     def reset(self) -> None:

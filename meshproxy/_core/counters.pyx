@@ -98,6 +98,23 @@ cdef class ClusterStats:
 
     cpdef void retry_limit_exceeded(self) noexcept:
         self.rq_retry_limit_exceeded += 1
+
+    cpdef void pending_start(self) noexcept:
+        self.rq_pending_total += 1
+        self.rq_pending_active += 1
+
+    cpdef void pending_end(self) noexcept:
+        self.rq_pending_active -= 1
+
+    cpdef void pending_overflow(self) noexcept:
+        self.rq_pending_overflow += 1
+
+    cpdef void max_requests_reached(self) noexcept:
+        self.cx_max_requests += 1
+
+    cpdef void max_duration_reached(self) noexcept:
+        self.cx_max_duration_reached += 1
+
     cpdef void overflow(self) noexcept:
         self.cx_overflow += 1
 
@@ -142,6 +159,11 @@ cdef class ClusterStats:
             "rq_retry_success": self.rq_retry_success,
             "rq_retry_overflow": self.rq_retry_overflow,
             "rq_retry_limit_exceeded": self.rq_retry_limit_exceeded,
+            "rq_pending_total": self.rq_pending_total,
+            "rq_pending_active": self.rq_pending_active,
+            "rq_pending_overflow": self.rq_pending_overflow,
+            "cx_max_requests": self.cx_max_requests,
+            "cx_max_duration_reached": self.cx_max_duration_reached,
             "cx_overflow": self.cx_overflow,
             "cx_idle_timeout": self.cx_idle_timeout,
             "rq_header_timeout": self.rq_header_timeout,

@@ -72,7 +72,7 @@ cdef class HeaderEdit:
 cdef class RetryRule:
     cdef public int attempts
     cdef public double per_try_timeout, backoff, max_backoff
-    cdef public bint ignore_previous_hosts, statuses, replay
+    cdef public bint ignore_previous_hosts, remote_localities, statuses, replay
     cdef public frozenset codes
     cdef public int on
 

@@ -378,7 +378,8 @@ _RETRY_BITS = {"5xx": R_5XX, "gateway-error": R_GATEWAY_ERROR, "reset": R_RESET,
                "unavailable": R_GRPC}
 
 #: Conditions a connect failure satisfies, and a reset (connection lost before a response).
-RETRY_ON_CONNECT_FAILURE = R_CONNECT_FAILURE | R_5XX | R_GATEWAY_ERROR | R_RESET
+RETRY_ON_CONNECT_FAILURE = (R_CONNECT_FAILURE | R_5XX | R_GATEWAY_ERROR | R_RESET
+                            | R_RESET_BEFORE_REQUEST)
 RETRY_ON_RESET = R_RESET | R_5XX | R_GATEWAY_ERROR
 
 
@@ -397,6 +398,7 @@ class RetryRule:
         self.backoff = policy.backoff
         self.max_backoff = policy.backoff * 10.0  # Envoy's default cap: ten times the base
         self.ignore_previous_hosts = policy.ignore_previous_hosts
+        self.remote_localities = policy.retry_remote_localities
         self.codes = frozenset(policy.status_codes)
         on = 0
         for cond in policy.retry_on:

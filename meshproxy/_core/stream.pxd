@@ -26,6 +26,7 @@ from meshproxy._core.cluster cimport Endpoint as CEndpoint
 from meshproxy._core.cluster cimport LbContext as CLbContext
 from meshproxy._core.cluster cimport OutlierDetector as COutlierDetector
 from meshproxy._core.cluster cimport Pool as CPool
+from meshproxy._core.cluster cimport Resources as CResources
 from meshproxy._core.counters cimport ClusterStats as CClusterStats
 from meshproxy._core.http1 cimport ChunkedFramer as CChunkedFramer
 from meshproxy._core.http1 cimport RequestParser as CRequestParser
@@ -39,6 +40,7 @@ cdef int A_ROUTE
 cdef int S_FILTERS, S_UPSTREAM, S_DONE
 cdef int PAUSE_UPSTREAM_FULL, PAUSE_PENDING
 cdef int RF_NONE, RF_LENGTH, RF_CHUNKED, RF_CLOSE
+cdef int W_NONE, W_CONNECT, W_QUEUE
 cdef int RETRY_ON_CONNECT_FAILURE, RETRY_ON_RESET
 cdef Py_ssize_t MAX_REPLAY
 cdef Py_ssize_t MAX_BUFFERED
@@ -106,6 +108,7 @@ cdef class Stream:
     cdef public Py_ssize_t replay_size
     cdef public object retry_timer
     cdef public bint retrying
+    cdef public int waiting
     cdef public object timeout_timer, try_timer
     cdef public list filters
     cdef public Py_ssize_t filter_index
@@ -147,8 +150,14 @@ cdef class Stream:
     cpdef _body_filters(self, object data, bint end)
     @cython.locals(up=UpstreamConnection)
     cpdef tunnel_data(self, object data)
-    @cython.locals(up=UpstreamConnection)
+    @cython.locals(cluster=CCluster, res=CResources, stats=CClusterStats)
+    cpdef _connect_or_queue(self, CEndpoint ep)
+    @cython.locals(up=UpstreamConnection, cluster=CCluster)
     cpdef _connect(self, CEndpoint ep)
+    @cython.locals(pending=list)
+    cpdef dequeued(self, UpstreamConnection up)
+    cpdef _stop_waiting(self)
+    cpdef _overflow(self)
     cpdef bint _retry(self, bint keep_pending)
     @cython.locals(rule=CRetryRule, cluster=CCluster)
     cpdef bint _may_retry(self, bint keep_pending)
@@ -169,7 +178,7 @@ cdef class Stream:
                            bint delimited)
     cpdef on_upgrade(self, UpstreamConnection up, bytes head)
     cpdef on_response_data(self, object data)
-    @cython.locals(cluster=CCluster, detector=COutlierDetector)
+    @cython.locals(cluster=CCluster, detector=COutlierDetector, idle_timeout=double)
     cpdef on_response_end(self, UpstreamConnection up, int status, bint reusable)
     cpdef bint on_tunnel_eof(self, UpstreamConnection up)
     @cython.locals(up=UpstreamConnection)
@@ -195,12 +204,18 @@ cdef class UpstreamConnection:
     cdef public Py_ssize_t pos
     cdef public bint closed, reused, got_bytes, in_head, keep_alive, tunnel, body_done, peer_eof
     cdef public double idle_deadline
+    cdef public CResources res
+    cdef public Py_ssize_t requests
+    cdef public double created
+    cdef public bint expiring
     cdef public int framing
     cdef public long long remaining
     cdef public int status
     cdef public int paused
 
     cpdef attach(self, Stream s, bint reused)
+    @cython.locals(res=CResources, waiting=list, s=Stream)
+    cpdef _free_slot(self)
     cpdef detach(self)
     cpdef close(self)
     cpdef pause(self, int why)
@@ -214,3 +229,11 @@ cdef class UpstreamConnection:
     cpdef Py_ssize_t _take(self, object buf, Py_ssize_t pos, Py_ssize_t end) except -1
     @cython.locals(k=Py_ssize_t, done=bint)
     cpdef _body(self, Stream s, object buf, Py_ssize_t pos, Py_ssize_t end)
+
+
+@cython.locals(idle_timeout=double, limit=Py_ssize_t, left=double)
+cdef double _keep_for(CCluster cluster, UpstreamConnection up)
+@cython.locals(pool=CPool, waiting=list, s=Stream, i=Py_ssize_t)
+cdef _hand_over(CResources res, UpstreamConnection up)
+@cython.locals(ep=CEndpoint, p=CPool, up=UpstreamConnection)
+cdef _reclaim_idle(CCluster cluster, CPool pool)

@@ -70,6 +70,12 @@ S_DONE = 2
 PAUSE_UPSTREAM_FULL = 1  # the upstream transport's write buffer is over its high-water mark
 PAUSE_PENDING = 4  # too many request bytes held while connecting or while filters stop
 
+# Waiting for a connection (``Stream.waiting``): a pending request in Envoy's terms, counted in
+# ``ClusterStats.rq_pending_active`` against http1MaxPendingRequests.
+W_NONE = 0
+W_CONNECT = 1  # its new connection is being established
+W_QUEUE = 2  # queued in ``Resources.waiting``: the cluster is at maxConnections
+
 # Response framing.
 RF_NONE = 0  # no body (HEAD, 1xx, 204, 304)
 RF_LENGTH = 1
@@ -89,6 +95,10 @@ BODY_CONNECTION_TERMINATION = (b"upstream connect error or disconnect/reset befo
                                b"reset reason: connection termination")
 BODY_PROTOCOL_ERROR = b"upstream sent an invalid HTTP response"
 BODY_TIMEOUT = b"upstream request timeout"
+BODY_OVERFLOW = (b"upstream connect error or disconnect/reset before headers. "
+                 b"reset reason: overflow")
+#: Envoy's header on a local reply caused by a circuit breaker.
+OVERLOADED = b"x-envoy-overloaded: true\r\n"
 
 _state = {"date": b""}
 
@@ -257,6 +267,7 @@ class Stream:
         self.replay_size = 0
         self.retry_timer = None
         self.retrying = False
+        self.waiting = W_NONE
         self.timeout_timer = None
         self.try_timer = None
         self.filters = None
@@ -292,6 +303,8 @@ class Stream:
             if d.retry.replay:
                 self.replay = []
             cluster.stats.rq_start()
+            if cluster.res.budget_interval > 0.0:
+                cluster.res.request_started()
         elif factories is None:
             self.local_reply(d.status, d.body, d.flags, d.extra)
             return
@@ -328,6 +341,9 @@ class Stream:
             self.local_reply(d.status, d.body, d.flags, d.extra)
             return
         cluster = self.cluster
+        if cluster.stats.rq_active > cluster.res.max_requests:
+            self._overflow()  # http2MaxRequests
+            return
         lb = None
         if cluster.needs_context:
             lb = self._lb_context(cluster)
@@ -372,7 +388,7 @@ class Stream:
                 pending.insert(0, head)
             else:
                 self.pending = [head]
-            self._connect(ep)
+            self._connect_or_queue(ep)
 
     def _serialize(self):
         """The request head for the upstream: the client's head spliced, hop-by-hop headers
@@ -577,15 +593,73 @@ class Stream:
 
     # -- upstream side -------------------------------------------------------------------------
 
+    def _connect_or_queue(self, ep):
+        """No idle connection to ``ep``: make one, or wait for one at maxConnections; over
+        http1MaxPendingRequests, 503 UO at once. What to send waits in ``pending``."""
+        cluster = self.cluster
+        res = cluster.res
+        stats = cluster.stats
+        if stats.rq_pending_active >= res.max_pending:
+            self.pending = None
+            self.conn.resume_reading(PAUSE_PENDING)
+            self._overflow()
+            return
+        stats.pending_start()
+        if res.connections >= res.max_connections:
+            stats.overflow()  # upstream_cx_overflow
+            self.waiting = W_QUEUE
+            res.waiting.append(self)
+            _reclaim_idle(cluster, ep.pool)
+            return
+        self.waiting = W_CONNECT
+        self._connect(ep)
+
     def _connect(self, ep):
-        up = UpstreamConnection(ep.pool, self.cluster.stats)
+        cluster = self.cluster
+        up = UpstreamConnection(ep.pool, cluster.stats)
+        up.res = cluster.res
+        cluster.res.connections += 1
         up.attach(self, False)
         self.upstream = up
         ep.pool.cx_total += 1
-        self.conn.loop.create_task(up.connect(self.cluster.connect_timeout))
+        self.conn.loop.create_task(up.connect(cluster.connect_timeout))
+
+    def dequeued(self, up):
+        """This stream waited at maxConnections. ``up``: an idle connection to its endpoint
+        handed over by a request that just finished with it; None: a connection slot is free,
+        connect."""
+        if up is None:
+            self.waiting = W_CONNECT
+            self._connect(self.endpoint)
+            return
+        self.waiting = W_NONE
+        self.cluster.stats.pending_end()
+        up.attach(self, True)
+        self.upstream = up
+        if self.conn.write_paused:
+            up.pause(1)
+        pending = self.pending
+        self.pending = None
+        if pending:
+            up.tx(b"".join(pending))
+        self.conn.resume_reading(PAUSE_PENDING)
+
+    def _stop_waiting(self):
+        """No longer a pending request (connected, failed, retrying elsewhere, or over)."""
+        if self.waiting == W_QUEUE:
+            self.cluster.res.waiting.remove(self)
+        self.waiting = W_NONE
+        self.cluster.stats.pending_end()
+
+    def _overflow(self):
+        """A circuit breaker is full: 503 UO at once (Envoy's overflow; never retried)."""
+        self.cluster.stats.pending_overflow()
+        self.local_reply(503, BODY_OVERFLOW, "UO", OVERLOADED)
 
     def on_upstream_ready(self, up):
         """The new upstream connection ``up`` is established: flush what waited for it."""
+        if self.waiting:
+            self._stop_waiting()
         self.cluster.detector.put_result(self.endpoint, RESULT_CONNECT_SUCCESS)
         pending = self.pending
         self.pending = None
@@ -600,6 +674,8 @@ class Stream:
         if self.upstream is not up:
             return
         self.upstream = None
+        if self.waiting:
+            self._stop_waiting()
         ep = self.endpoint
         cluster = self.cluster
         cluster.detector.put_result(ep, RESULT_CONNECT_TIMEOUT if timed_out
@@ -629,7 +705,7 @@ class Stream:
             if up.reused and not self.retried and not self.req_body_sent and self.req_done:
                 self.retried = True
                 self.pending = [self.req_head]
-                self._connect(self.endpoint)
+                self._connect_or_queue(self.endpoint)
                 return
             self.cluster.stats.reset()
             if self.rule.on & RETRY_ON_RESET and self._retry(False):
@@ -679,7 +755,7 @@ class Stream:
             return False
         if not keep_pending and (not self.req_done or (self.req_body_sent and self.replay is None)):
             return False
-        if not self.retrying and not cluster.retry_allowed():
+        if not self.retrying and not cluster.res.retry_allowed(cluster.stats):
             cluster.stats.retry_overflow()
             return False
         return True
@@ -691,16 +767,18 @@ class Stream:
         (``replay``) are sent again."""
         rule = self.rule
         cluster = self.cluster
+        if self.waiting:
+            self._stop_waiting()
         if not self.retrying:
             self.retrying = True
-            cluster.retries_active += 1
+            cluster.res.retries += 1
         self.attempts += 1
         cluster.stats.retry()
         ep = self.endpoint
         lb = self.lb
         if lb is None:
             lb = self._lb_context(cluster)
-        if rule.ignore_previous_hosts:
+        if rule.ignore_previous_hosts or rule.remote_localities:
             if lb.avoid is None:
                 lb.avoid = [ep]
             else:
@@ -724,7 +802,11 @@ class Stream:
             return
         cluster = self.cluster
         lb = self.lb
-        ep = cluster.choose(lb)
+        ep = None
+        if self.rule.remote_localities:
+            ep = cluster.choose_remote(lb)  # the next locality (priority) not tried yet
+        if ep is None:
+            ep = cluster.choose(lb)
         if ep is None and lb.avoid is not None:
             # Every endpoint was tried: go back to any of them (Envoy does the same after its
             # host-selection attempts).
@@ -750,7 +832,7 @@ class Stream:
                 up.tx(b"".join(pending))
             self.conn.resume_reading(PAUSE_PENDING)
         else:
-            self._connect(ep)
+            self._connect_or_queue(ep)
 
     def on_interim(self, up, resp):
         self.conn.send_interim(self, resp)
@@ -804,9 +886,17 @@ class Stream:
         """The response ended; ``reusable``: the upstream connection may serve another request."""
         self.upstream = None
         up.detach()
+        cluster = self.cluster
         if reusable and self.req_done:
-            cluster = self.cluster
-            up.pool.release(up, cluster.max_idle, cluster.idle_timeout)
+            idle_timeout = cluster.idle_timeout
+            if cluster.max_requests_per_connection > 0 or cluster.max_connection_duration > 0.0:
+                idle_timeout = _keep_for(cluster, up)
+            if idle_timeout <= 0.0:
+                up.close()
+            elif cluster.res.waiting:
+                _hand_over(cluster.res, up)
+            else:
+                up.pool.release(up, cluster.max_idle, idle_timeout)
         else:
             up.close()
         detector = self.cluster.detector
@@ -879,8 +969,10 @@ class Stream:
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
+        if self.waiting:
+            self._stop_waiting()
         if self.retrying:
-            cluster.retries_active -= 1
+            cluster.res.retries -= 1
             if 0 < status < 500:
                 cluster.stats.retry_success()
         flags = self.flags
@@ -989,6 +1081,10 @@ class UpstreamConnection:
         self.tunnel = False
         self.body_done = False
         self.peer_eof = False  # tunnel: the upstream has sent EOF
+        self.res = None  # the Resources this connection counts in (until it is gone)
+        self.requests = 0  # requests carried (maxRequestsPerConnection)
+        self.created = 0.0  # when it was established (maxConnectionDuration)
+        self.expiring = False  # its idle deadline is its maxConnectionDuration
 
     async def connect(self, timeout):
         pool = self.pool
@@ -999,6 +1095,8 @@ class UpstreamConnection:
         except (OSError, asyncio.TimeoutError) as e:
             self.closed = True
             self.stats.cx_fail()
+            if self.res is not None:
+                self._free_slot()
             s = self.stream
             if s is not None:
                 self.stream = None
@@ -1010,6 +1108,7 @@ class UpstreamConnection:
     def attach(self, s, reused):
         self.stream = s
         self.reused = reused
+        self.requests += 1
         self.got_bytes = False
         self.in_head = True
         self.status = 0
@@ -1045,6 +1144,7 @@ class UpstreamConnection:
     def connection_made(self, transport):
         self.transport = transport
         self.tx = transport.write  # bound once: no attribute lookup per request
+        self.created = _monotonic()
         self.pool.cx_active += 1
         self.stats.cx_open()
         if self.closed:
@@ -1226,6 +1326,8 @@ class UpstreamConnection:
             self.stats.cx_close()
             if not was_closed:
                 self.stats.cx_remote_close()
+        if self.res is not None:
+            self._free_slot()
         s = self.stream
         if s is None:
             return
@@ -1236,6 +1338,17 @@ class UpstreamConnection:
         self.stream = None
         s.on_upstream_lost(self, self.got_bytes)
 
+    def _free_slot(self):
+        """This connection no longer counts against maxConnections: the oldest stream waiting
+        for a connection of the cluster may make one."""
+        res = self.res
+        self.res = None
+        res.connections -= 1
+        waiting = res.waiting
+        if waiting and res.connections < res.max_connections:
+            s = waiting.pop(0)
+            s.dequeued(None)
+
     def pause_writing(self):
         s = self.stream
         if s is not None:
@@ -1245,6 +1358,52 @@ class UpstreamConnection:
         s = self.stream
         if s is not None:
             s.conn.resume_reading(PAUSE_UPSTREAM_FULL)
+
+
+def _keep_for(cluster, up):
+    """How long ``up`` may idle in its pool under maxRequestsPerConnection and
+    maxConnectionDuration (<= 0: close it now, counted)."""
+    idle_timeout = cluster.idle_timeout
+    limit = cluster.max_requests_per_connection
+    if limit > 0 and up.requests >= limit:
+        cluster.stats.max_requests_reached()
+        return 0.0
+    if cluster.max_connection_duration > 0.0:
+        left = up.created + cluster.max_connection_duration - _monotonic()
+        if left <= 0.0:
+            cluster.stats.max_duration_reached()
+            return 0.0
+        if left < idle_timeout:
+            idle_timeout = left
+            up.expiring = True  # the pool's sweep counts it when it closes it idle
+    return idle_timeout
+
+
+def _hand_over(res, up):
+    """A connection came free while streams wait at maxConnections: the oldest one waiting for
+    its endpoint gets it; if none waits for that endpoint, close it so the oldest waiting stream
+    can connect where it needs to."""
+    pool = up.pool
+    waiting = res.waiting
+    for i in range(len(waiting)):
+        s = waiting[i]
+        if s.endpoint.pool is pool:
+            del waiting[i]
+            s.dequeued(up)
+            return
+    up.close()
+
+
+def _reclaim_idle(cluster, pool):
+    """A stream queued at maxConnections while the cluster keeps idle connections to other
+    endpoints: close one of those, so the slot it frees serves the queue."""
+    for ep in cluster.endpoints:
+        p = ep.pool
+        if p is not pool and p.idle:
+            up = p.acquire()
+            if up is not None:
+                up.close()
+                return
 
 
 def _cookie(header, name):

@@ -21,7 +21,9 @@ N_CODES = 600
 _COUNTER_NAMES = ("rq_total", "rq_active", "rq_completed", "cx_total", "cx_active", "cx_connect_fail",
                   "cx_destroy_remote", "rq_timeout", "rq_reset", "bytes_rx", "bytes_tx",
                   "rq_retry", "rq_retry_success", "rq_retry_overflow", "rq_retry_limit_exceeded",
-                  # downstream (listener) only: connection limit and downstream timeouts
+                  "rq_pending_total", "rq_pending_active", "rq_pending_overflow",
+                  "cx_max_requests", "cx_max_duration_reached",
+                  # connection limits (listener and cluster) and downstream (listener) only: connection limit and downstream timeouts
                   "cx_overflow", "cx_idle_timeout", "rq_header_timeout", "rq_idle_timeout")
 
 
@@ -35,7 +37,8 @@ class ClusterStats:
     __slots__ = ("_name", "_rq_total", "_rq_active", "_rq_completed", "_cx_total", "_cx_active",
                  "_cx_connect_fail", "_cx_destroy_remote", "_rq_timeout", "_rq_reset", "_bytes_rx",
                  "_bytes_tx", "_rq_retry", "_rq_retry_success", "_rq_retry_overflow",
-                 "_rq_retry_limit_exceeded", "_cx_overflow", "_cx_idle_timeout", "_rq_header_timeout",
+                 "_rq_retry_limit_exceeded", "_rq_pending_total", "_rq_pending_active",
+                 "_rq_pending_overflow", "_cx_max_requests", "_cx_max_duration_reached", "_cx_overflow", "_cx_idle_timeout", "_rq_header_timeout",
                  "_rq_idle_timeout", "_codes", "_buckets", "_sum_us", "_flags")
 
     def __init__(self, name: str):
@@ -57,6 +60,11 @@ class ClusterStats:
         self._rq_retry_success = 0
         self._rq_retry_overflow = 0
         self._rq_retry_limit_exceeded = 0
+        self._rq_pending_total = 0
+        self._rq_pending_active = 0
+        self._rq_pending_overflow = 0
+        self._cx_max_requests = 0
+        self._cx_max_duration_reached = 0
         self._cx_overflow = 0
         self._cx_idle_timeout = 0
         self._rq_header_timeout = 0
@@ -82,6 +90,11 @@ class ClusterStats:
     rq_retry_success = property(lambda self: self._rq_retry_success)
     rq_retry_overflow = property(lambda self: self._rq_retry_overflow)
     rq_retry_limit_exceeded = property(lambda self: self._rq_retry_limit_exceeded)
+    rq_pending_total = property(lambda self: self._rq_pending_total)
+    rq_pending_active = property(lambda self: self._rq_pending_active)
+    rq_pending_overflow = property(lambda self: self._rq_pending_overflow)
+    cx_max_requests = property(lambda self: self._cx_max_requests)
+    cx_max_duration_reached = property(lambda self: self._cx_max_duration_reached)
     cx_overflow = property(lambda self: self._cx_overflow)
     cx_idle_timeout = property(lambda self: self._cx_idle_timeout)
     rq_header_timeout = property(lambda self: self._rq_header_timeout)
@@ -142,6 +155,23 @@ class ClusterStats:
 
     def retry_limit_exceeded(self) -> None:
         self._rq_retry_limit_exceeded += 1
+
+    def pending_start(self) -> None:
+        self._rq_pending_total += 1
+        self._rq_pending_active += 1
+
+    def pending_end(self) -> None:
+        self._rq_pending_active -= 1
+
+    def pending_overflow(self) -> None:
+        self._rq_pending_overflow += 1
+
+    def max_requests_reached(self) -> None:
+        self._cx_max_requests += 1
+
+    def max_duration_reached(self) -> None:
+        self._cx_max_duration_reached += 1
+
     def overflow(self) -> None:
         self._cx_overflow += 1
 
