@@ -681,9 +681,11 @@ class RequestParser(_HeadParser):
 
     def _finish(self, st):
         method, target, version = st.extra
+        # Framing first, then Host: the compiled twin's order (a bad Transfer-Encoding is 501
+        # even when Host is missing too).
+        self._finish_framing(st)
         if version == 1 and st.host_count == 0:
             raise ProtocolError("missing Host header")
-        self._finish_framing(st)
         self.method = method
         self.target = target
         self.absolute = False
