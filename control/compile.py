@@ -424,7 +424,7 @@ def _endpoint_sources(se: Resource, selected: list) -> list:
 
 def _endpoints(sources: list, port: dict, peer_inbound_port: int) -> tuple:
     out = []
-    for ep, workload, annotations in sources:
+    for ep, workload, ann in sources:
         weight = ep.get("weight", 1)
         if weight == 0:
             continue  # Istio: weight 0 takes the endpoint out of load balancing
@@ -433,7 +433,7 @@ def _endpoints(sources: list, port: dict, peer_inbound_port: int) -> tuple:
         sidecar = labels.get(TLS_MODE_LABEL) == "istio"
         dial = target
         if sidecar:
-            dial = inbound_port_annotation(annotations.get(INBOUND_PORT_ANNOTATION, "")) or peer_inbound_port
+            dial = inbound_port_annotation(ann.get(INBOUND_PORT_ANNOTATION, "")) or peer_inbound_port
         out.append(Endpoint(address=ep["address"], port=dial, target_port=target, labels=dict(labels),
                             weight=weight, locality=ep.get("locality", ""), workload=workload, sidecar=sidecar))
     out.sort(key=lambda e: (e.address, e.port, e.target_port, e.workload))
