@@ -13,7 +13,8 @@ What is built (see docs/configuration.md for the user-facing description):
   (``control.locality``), as istiod does for Envoy's EDS.
 - With a workload: ``virtualInbound`` at workload.address:inbound port, one ``inbound|target||``
   cluster per application port of the ServiceEntries that include the workload, and virtual hosts
-  with the same domains as outbound, pointing at those inbound clusters.
+  with the same domains as outbound, pointing at those inbound clusters. Inbound routes carry
+  Istio's inbound retry policy (``INBOUND_RETRY_POLICY``: reset-before-request, twice).
 
 Everything is sorted, so the same input always gives the same Snapshot and the same version.
 """
@@ -34,9 +35,9 @@ from control.config.validate import inbound_port_annotation, selected_workloads
 from control.errors import ConfigError, ConfigIssue
 from control.locality import prioritise
 from control.policy import traffic_policy
-from control.snapshot import (DEFAULT_RETRY_ON, Bootstrap, Cluster, Destination, DirectResponse, Endpoint, Fault,
-                              HeaderMatch, HeaderOps, HealthCheck, Limits, Listener, Mirror, QueryMatch, Redirect,
-                              RetryPolicy, Rewrite, Route, RouteMatch,
+from control.snapshot import (DEFAULT_RETRY_ON, INBOUND_RETRY_POLICY, Bootstrap, Cluster, Destination, DirectResponse,
+                              Endpoint, Fault, HeaderMatch, HeaderOps, HealthCheck, Limits, Listener, Mirror,
+                              QueryMatch, Redirect, RetryPolicy, Rewrite, Route, RouteMatch,
                               Snapshot, StringMatch, VirtualHost, Workload, content_version)
 
 DOMAIN_SUFFIX = "cluster.local"
@@ -141,7 +142,8 @@ def compile_snapshot(cfg: LoadedConfig, workload: Optional[str] = None,
             for host in se.spec["hosts"]:
                 in_vhosts.append(VirtualHost(f"{host}:{p['number']}",
                                              service_domains(host, p["number"], ports, sidecar_ns),
-                                             (Route("default", destinations=(Destination(iname),)),)))
+                                             (Route("default", destinations=(Destination(iname),),
+                                                    retries=INBOUND_RETRY_POLICY),)))
 
     listeners = [Listener("virtualOutbound", "outbound", bootstrap.outbound_address, bootstrap.outbound_port,
                           _dedupe_domains(out_vhosts, "virtualOutbound", warnings))]
@@ -422,7 +424,7 @@ def _endpoint_sources(se: Resource, selected: list) -> list:
 
 def _endpoints(sources: list, port: dict, peer_inbound_port: int) -> tuple:
     out = []
-    for ep, workload, annotations in sources:
+    for ep, workload, ann in sources:
         weight = ep.get("weight", 1)
         if weight == 0:
             continue  # Istio: weight 0 takes the endpoint out of load balancing
@@ -431,7 +433,7 @@ def _endpoints(sources: list, port: dict, peer_inbound_port: int) -> tuple:
         sidecar = labels.get(TLS_MODE_LABEL) == "istio"
         dial = target
         if sidecar:
-            dial = inbound_port_annotation(annotations.get(INBOUND_PORT_ANNOTATION, "")) or peer_inbound_port
+            dial = inbound_port_annotation(ann.get(INBOUND_PORT_ANNOTATION, "")) or peer_inbound_port
         out.append(Endpoint(address=ep["address"], port=dial, target_port=target, labels=dict(labels),
                             weight=weight, locality=ep.get("locality", ""), workload=workload, sidecar=sidecar))
     out.sort(key=lambda e: (e.address, e.port, e.target_port, e.workload))

@@ -2,15 +2,25 @@
 
 The load-balancing policy (``lb_policy``: this is the only place Istio's policy names are
 interpreted), the consistent-hash key and table size, the locality setting (applied to the
-endpoints by ``control.locality``), the connection timeouts and outlier detection.
+endpoints by ``control.locality``), the connection timeouts, the connection-pool limits (Envoy's
+circuit breakers), the retry budget and outlier detection.
 """
 from __future__ import annotations
 
 from typing import Optional
 
-from control.snapshot import DEFAULT_LB_POLICY, HashPolicy, LocalityLb, OutlierDetection
+from control.snapshot import DEFAULT_LB_POLICY, CircuitBreakers, HashPolicy, LocalityLb, OutlierDetection, RetryBudget
 
 _POLICY_PARTS = ("loadBalancer", "connectionPool", "outlierDetection")
+# Parts a subset may set but a portLevelSettings[] entry may not (the schema refuses it there).
+_SUBSET_PARTS = ("retryBudget",)
+
+#: connectionPool field -> CircuitBreakers field, per section. A value of 0 keeps Istio's default.
+CIRCUIT_BREAKER_FIELDS = {
+    "tcp": (("maxConnections", "max_connections"), ("maxConnectionDuration", "max_connection_duration")),
+    "http": (("http1MaxPendingRequests", "max_pending_requests"), ("http2MaxRequests", "max_requests"),
+             ("maxRetries", "max_retries"), ("maxRequestsPerConnection", "max_requests_per_connection")),
+}
 RING_SIZE = 1024  # Envoy's default minimum_ring_size
 MAGLEV_TABLE_SIZE = 65537  # Envoy's default maglev table_size
 
@@ -48,18 +58,19 @@ def traffic_policy(dr_spec: dict, port: int, subset: Optional[dict]) -> dict:
     Top-level policy, then its portLevelSettings for ``port`` (each part set there replaces the
     top-level one), then the subset's policy (each part set replaces), then the subset's
     portLevelSettings for ``port`` (replacing every part: port-level policies do not inherit).
+    ``retryBudget`` has no port-level form: the subset's replaces the top-level one.
     """
     top = dr_spec.get("trafficPolicy", {})
-    parts = {k: top.get(k) for k in _POLICY_PARTS}
+    parts = {k: top.get(k) for k in _POLICY_PARTS + _SUBSET_PARTS}
     pls = _port_level(top, port)
     if pls:
         parts.update({k: pls[k] for k in _POLICY_PARTS if k in pls})
     sub = (subset or {}).get("trafficPolicy")
     if sub:
-        parts.update({k: sub[k] for k in _POLICY_PARTS if k in sub})
+        parts.update({k: sub[k] for k in _POLICY_PARTS + _SUBSET_PARTS if k in sub})
         spls = _port_level(sub, port)
         if spls:
-            parts = {k: spls.get(k) for k in _POLICY_PARTS}
+            parts.update({k: spls.get(k) for k in _POLICY_PARTS})
     out: dict = {}
     lb = parts["loadBalancer"] or {}
     out["lb_policy"] = lb_policy(lb)
@@ -86,6 +97,11 @@ def traffic_policy(dr_spec: dict, port: int, subset: Optional[dict]) -> dict:
         out["connect_timeout"] = pool["tcp"]["connectTimeout"]
     if "idleTimeout" in pool.get("http", {}):
         out["idle_timeout"] = pool["http"]["idleTimeout"]
+    breakers = circuit_breakers(pool)
+    if breakers is not None:
+        out["circuit_breakers"] = breakers
+    if parts["retryBudget"] is not None:
+        out["retry_budget"] = retry_budget(parts["retryBudget"])
     od = parts["outlierDetection"]
     if od is not None:
         out["outlier_detection"] = outlier_detection(od)
@@ -106,3 +122,27 @@ def outlier_detection(od: dict) -> OutlierDetection:
         base_ejection_time=od.get("baseEjectionTime", d.base_ejection_time),
         max_ejection_percent=od.get("maxEjectionPercent") or d.max_ejection_percent,
         min_health_percent=od.get("minHealthPercent", d.min_health_percent))
+
+
+def circuit_breakers(pool: dict) -> Optional[CircuitBreakers]:
+    """The limits of a validated ``connectionPool``, or None when it sets none.
+
+    As Istio's translation to Envoy: a limit set above 0 replaces the default; 0 (or unset) keeps
+    Istio's default (``MAX_UNLIMITED``; for maxRequestsPerConnection no limit, for
+    maxConnectionDuration none).
+    """
+    kw = {}
+    for section, fields in CIRCUIT_BREAKER_FIELDS.items():
+        values = pool.get(section, {})
+        for istio_name, name in fields:
+            if values.get(istio_name):
+                kw[name] = values[istio_name]
+    return CircuitBreakers(**kw) if kw else None
+
+
+def retry_budget(rb: dict) -> RetryBudget:
+    """A validated ``retryBudget`` with Envoy's defaults (20%, at least 3, no interval) for unset fields."""
+    d = RetryBudget()
+    return RetryBudget(percent=float(rb.get("percent", d.percent)),
+                       min_retry_concurrency=rb.get("minRetryConcurrency", d.min_retry_concurrency),
+                       budget_interval=rb.get("budgetInterval", d.budget_interval))

@@ -126,31 +126,6 @@ class HealthCheck:
     no_traffic_interval: float = 60.0
 
 
-#: Istio's "unlimited" circuit-breaker value (2^32 - 1), its default for every threshold.
-MAX_UNLIMITED = 4294967295
-
-
-@dataclass(frozen=True)
-class CircuitBreakers:
-    """DestinationRule connectionPool limits (Envoy's circuit breakers, cluster-wide)."""
-
-    max_connections: int = MAX_UNLIMITED  # tcp.maxConnections
-    max_pending_requests: int = MAX_UNLIMITED  # http.http1MaxPendingRequests
-    max_requests: int = MAX_UNLIMITED  # http.http2MaxRequests
-    max_retries: int = MAX_UNLIMITED  # http.maxRetries
-    max_requests_per_connection: int = 0  # http.maxRequestsPerConnection (0: unlimited)
-    max_connection_duration: float = 0.0  # tcp.maxConnectionDuration seconds (0: none)
-
-
-@dataclass(frozen=True)
-class RetryBudget:
-    """DestinationRule trafficPolicy.retryBudget (Envoy's circuit-breaker retry_budget)."""
-
-    percent: float = 20.0
-    min_retry_concurrency: int = 3
-    budget_interval: float = 0.0  # seconds (0: count only active + pending requests)
-
-
 @dataclass(frozen=True)
 class OutlierDetection:
     """DestinationRule ``outlierDetection`` with Istio's defaults filled in (Envoy's semantics).
@@ -169,6 +144,43 @@ class OutlierDetection:
     max_ejection_time: float = 300.0  # Envoy's max_ejection_time (not settable in Istio)
     max_ejection_percent: int = 10  # at least one endpoint may be ejected regardless
     min_health_percent: int = 0  # Istio's default: no panic threshold
+
+
+#: Istio's "unlimited" circuit-breaker value (2^32 - 1), its default for every threshold.
+MAX_UNLIMITED = 4294967295
+
+
+@dataclass(frozen=True)
+class CircuitBreakers:
+    """DestinationRule connectionPool limits (Envoy's circuit breakers, cluster-wide).
+
+    Istio writes its thresholds into Envoy's default-priority ``circuit_breakers`` of the cluster,
+    so a limit applies to all the endpoints of the cluster (a subset is its own cluster) together.
+    A field Istio leaves at 0 (or unset) keeps Istio's default: ``MAX_UNLIMITED`` for the four
+    thresholds, no limit for requests per connection and no maximum connection duration.
+    """
+
+    max_connections: int = MAX_UNLIMITED  # tcp.maxConnections
+    max_pending_requests: int = MAX_UNLIMITED  # http.http1MaxPendingRequests
+    max_requests: int = MAX_UNLIMITED  # http.http2MaxRequests
+    max_retries: int = MAX_UNLIMITED  # http.maxRetries
+    max_requests_per_connection: int = 0  # http.maxRequestsPerConnection (0: unlimited)
+    max_connection_duration: float = 0.0  # tcp.maxConnectionDuration seconds (0: none)
+
+
+@dataclass(frozen=True)
+class RetryBudget:
+    """DestinationRule trafficPolicy.retryBudget (Envoy's circuit-breaker retry_budget).
+
+    When set it replaces ``CircuitBreakers.max_retries`` (Envoy: a configured retry budget takes
+    precedence over max_retries): concurrent retries may reach ``percent`` of the active and
+    pending requests, never fewer than ``min_retry_concurrency``; with ``budget_interval``, the
+    requests started within that interval are counted instead of the active ones.
+    """
+
+    percent: float = 20.0  # percent
+    min_retry_concurrency: int = 3  # minRetryConcurrency
+    budget_interval: float = 0.0  # budgetInterval seconds (0: count only active + pending requests)
 
 
 @dataclass(frozen=True)
@@ -193,8 +205,8 @@ class Cluster:
     destination_rule: str = ""  # "namespace/name" of the DestinationRule applied, if any
     health_check: Optional[HealthCheck] = None  # active health check (meshproxy HealthCheck kind)
     outlier_detection: Optional[OutlierDetection] = None  # None: only the passive connect-failure ejection
-    circuit_breakers: CircuitBreakers = CircuitBreakers()
-    retry_budget: Optional[RetryBudget] = None
+    circuit_breakers: CircuitBreakers = CircuitBreakers()  # connectionPool limits (Istio's defaults: none)
+    retry_budget: Optional[RetryBudget] = None  # trafficPolicy.retryBudget; None: maxRetries applies
 
 
 @dataclass(frozen=True)
@@ -317,6 +329,12 @@ class RetryPolicy:
     ignore_previous_hosts: bool = True
     backoff: float = 0.025
     configured: bool = False  # False: Istio's default policy
+
+
+#: Istio's default policy for inbound routes (Istio >= 1.24, istio/istio#52055): a request to the
+#: application is retried twice when its connection failed before the request was written
+#: (refused, reset on connect). Outbound routes without ``retries`` get ``RetryPolicy()``.
+INBOUND_RETRY_POLICY = RetryPolicy(attempts=2, retry_on=("reset-before-request",))
 
 
 @dataclass(frozen=True)

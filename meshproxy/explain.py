@@ -13,7 +13,7 @@ import urllib.parse
 from typing import Optional
 
 from control.duration import format_duration
-from control.snapshot import Cluster, HeaderOps, Snapshot
+from control.snapshot import CircuitBreakers, Cluster, HeaderOps, Snapshot
 from meshproxy.core import http1, pathnorm, router
 from meshproxy.errors import ProtocolError
 
@@ -100,21 +100,30 @@ def explain(snap: Snapshot, method: str, url: str, headers: list[str],
                        + (" ..." if len(known) > 12 else ""))
         return out, {"status": 404, "flags": "NR"}
     domain = router.matched_domain(rc, p.host).decode("latin-1")
-    if type(target) is not router.RouteTable:
-        vh = next(v for v in lst.virtual_hosts if domain in v.domains)
+    vh = next(v for v in lst.virtual_hosts if domain in v.domains)
+    if type(target) is not router.RouteTable or not any(r.virtual_service for r in vh.routes):
+        # One route that sends everything to one cluster: the data plane's fast path (a prebuilt
+        # decision), or a one-route table when the route has a retry policy of its own (inbound).
+        route = vh.routes[0]
+        name = f"{route.virtual_service} http[{route.index}]" if route.virtual_service else "default"
         out.append(f"vhost     {vh.name}  (domain {domain!r})")
-        out.append("routes    no VirtualService for this host: the default route sends everything "
-                   "to the service")
+        if route.virtual_service:
+            out.append(f"routes    VirtualService {route.virtual_service}: http[{route.index}] sends "
+                       "everything to one destination")
+        else:
+            out.append("routes    no VirtualService for this host: the default route sends everything "
+                       + ("to the application" if inbound else "to the service"))
         if decision is router.CONNECT_NOT_ALLOWED:
             out.append("result    CONNECT is not proxied: 405")
-            return out, {"status": 405, "route": "default"}
-        summary = {"status": None, "route": "default", "cluster": decision.cluster_name}
+            return out, {"status": 405, "route": name}
+        out.append("timeout   " + (f"{route.timeout:g}s" if route.timeout else "none (Istio's default)"))
+        out.append("retries   " + _retries(route.retries))
+        summary = {"status": None, "route": name, "cluster": decision.cluster_name}
         return out + _describe_cluster(clusters.get(decision.cluster_name),
                                        decision.cluster_name, snap), summary
     table = target
     out.append(f"vhost     {table.name}  (domain {domain!r})")
     tried, entry = table.explain(req)
-    vh = next(v for v in lst.virtual_hosts if v.name == table.name)
     vs_names = sorted({r.virtual_service for r in vh.routes if r.virtual_service})
     out.append("routes    VirtualService " + ", ".join(vs_names) + " (first match wins)")
     for label, _block, why in tried:
@@ -218,6 +227,22 @@ def describe_health_check(h) -> str:
             f"failed, back after {h.healthy_threshold} passed (HealthCheck {h.source})")
 
 
+def describe_circuit_breakers(c: Cluster) -> str:
+    """The cluster's connectionPool limits in Istio's field names, or Istio's defaults."""
+    cb, d = c.circuit_breakers, CircuitBreakers()
+    parts = [f"{name} {getattr(cb, attr)}" for name, attr in (
+        ("maxConnections", "max_connections"), ("http1MaxPendingRequests", "max_pending_requests"),
+        ("http2MaxRequests", "max_requests"), ("maxRequestsPerConnection", "max_requests_per_connection"),
+        ("maxRetries", "max_retries")) if getattr(cb, attr) != getattr(d, attr)]
+    if cb.max_retries != d.max_retries and c.retry_budget is not None:
+        parts[-1] += " (the retry budget applies instead)"
+    if cb.max_connection_duration:
+        parts.append(f"maxConnectionDuration {format_duration(cb.max_connection_duration)}")
+    if not parts:
+        return "Istio's defaults (no limits)"
+    return ", ".join(parts) + (f" (DestinationRule {c.destination_rule})" if c.destination_rule else "")
+
+
 def _describe_cluster(c: Optional[Cluster], name: str, snap: Snapshot) -> list[str]:
     if c is None:
         return [f"cluster   {name}: not defined (503 NC)"]
@@ -243,6 +268,13 @@ def _describe_cluster(c: Optional[Cluster], name: str, snap: Snapshot) -> list[s
                      f"baseEjectionTime {format_duration(od.base_ejection_time)} (max "
                      f"{format_duration(od.max_ejection_time)}), maxEjectionPercent "
                      f"{od.max_ejection_percent}%, minHealthPercent {od.min_health_percent}%")
+    lines.append("  breakers  " + describe_circuit_breakers(c))
+    rb = c.retry_budget
+    if rb is not None:
+        over = (f"the requests of the last {format_duration(rb.budget_interval)}" if rb.budget_interval
+                else "active requests")
+        lines.append(f"  retry budget {rb.percent:g}% of {over} (at least {rb.min_retry_concurrency} "
+                     f"concurrent retries){src}")
     if c.resolution != "STATIC":
         lines.append(f"  resolution {c.resolution}"
                      + (": " + ", ".join(f"{h}:{p}" for h, p, _ in c.dns_hosts)

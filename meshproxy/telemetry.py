@@ -14,7 +14,8 @@ The Prometheus text exposition format (version 0.0.4) is written directly rather
 Inputs
 ------
 ``clusters``: ClusterInfo dicts ``{"name", "direction": "outbound"|"inbound", "service",
-"namespace", "port", "endpoints"}`` (``endpoints`` is a count or a list of endpoint dicts).
+"namespace", "port", "endpoints"}`` (``endpoints`` is a count or a list of endpoint dicts), with
+optional ``outlier_detection`` and ``circuit_breakers`` dicts (rendered as Envoy's gauges).
 ``cluster_stats`` / ``listener_stats``: snapshot dicts (see ``meshproxy/_core/counters.pyi``).
 ``workload``: this sidecar's workload ``{"name", "namespace", "app", "principal"}`` or None.
 
@@ -67,6 +68,17 @@ _LISTENER_ONLY = (
     ("rq_idle_timeout", "rq_idle_timeout", "counter"),
 )
 # Envoy keeps the connection-limit counter in the listener's scope: listener.<addr>.downstream_cx_overflow.
+# Cluster-only stats (connection pool limits): snapshot key -> Envoy cluster.<name>.upstream_*. For a
+# cluster ``cx_overflow`` is Envoy's upstream_cx_overflow (maxConnections reached); read with
+# ``snap.get(key, 0)``, so snapshots from before these keys render as zeros.
+_CLUSTER_ONLY = (
+    ("cx_overflow", "cx_overflow", "counter"),
+    ("rq_pending_total", "rq_pending_total", "counter"),
+    ("rq_pending_active", "rq_pending_active", "gauge"),
+    ("rq_pending_overflow", "rq_pending_overflow", "counter"),
+    ("cx_max_requests", "cx_max_requests", "counter"),
+    ("cx_max_duration_reached", "cx_max_duration_reached", "counter"),
+)
 
 _LE = tuple(str(int(b)) if float(b).is_integer() else repr(float(b)) for b in counters.BUCKETS_MS) + ("+Inf",)
 
@@ -225,6 +237,19 @@ def _outlier_stats(info: dict):
     return [(key, typ, od.get(key, 0)) for key, typ in _OUTLIER_STATS]
 
 
+#: Envoy's ``cluster.<name>.circuit_breakers.default.*`` gauges (ClusterInfo ``circuit_breakers``):
+#: 1 while a limit is reached (``*_open``), and what is left before it is (``remaining_*``).
+_CIRCUIT_BREAKER_STATS = ("cx_open", "rq_pending_open", "rq_open", "rq_retry_open",
+                          "remaining_cx", "remaining_pending", "remaining_rq", "remaining_retries")
+
+
+def _circuit_breaker_stats(info: dict):
+    cb = info.get("circuit_breakers")
+    if not cb:
+        return []
+    return [(key, cb.get(key, 0)) for key in _CIRCUIT_BREAKER_STATS]
+
+
 def render_prometheus(clusters: list, cluster_stats: list, listener_stats: list,
                       workload: dict | None) -> bytes:
     """Render Istio standard metrics and Envoy-style metrics in the Prometheus text format.
@@ -261,7 +286,7 @@ def render_prometheus(clusters: list, cluster_stats: list, listener_stats: list,
 
     for snap in cluster_stats:
         lab = [("cluster_name", snap["name"])]
-        for key, suffix, typ in _STATS:
+        for key, suffix, typ in _STATS + _CLUSTER_ONLY:
             exp.sample(f"envoy_cluster_upstream_{suffix}", typ, f"Envoy cluster.upstream_{suffix}",
                        lab, snap.get(key, 0))
         classes: dict[int, int] = {}
@@ -285,6 +310,9 @@ def render_prometheus(clusters: list, cluster_stats: list, listener_stats: list,
             for key, typ, value in _outlier_stats(info):
                 exp.sample(f"envoy_cluster_outlier_detection_{key}", typ,
                            f"Envoy cluster.outlier_detection.{key}", lab, value)
+            for key, value in _circuit_breaker_stats(info):
+                exp.sample(f"envoy_cluster_circuit_breakers_default_{key}", "gauge",
+                           f"Envoy cluster.circuit_breakers.default.{key}", lab, value)
 
     for snap in listener_stats:
         lab = [("envoy_http_conn_manager_prefix", snap["name"])]
@@ -370,6 +398,8 @@ def render_envoy_text(cluster_stats: list, listener_stats: list, clusters: list 
     for snap in cluster_stats:
         prefix = f"cluster.{snap['name']}"
         add(prefix, snap, "upstream")
+        for key, suffix, _typ in _CLUSTER_ONLY:
+            lines.append((f"{prefix}.upstream_{suffix}", str(snap.get(key, 0))))
         info = infos.get(snap["name"])
         if info is not None:
             total, healthy = _endpoint_counts(info)
@@ -377,6 +407,8 @@ def render_envoy_text(cluster_stats: list, listener_stats: list, clusters: list 
             lines.append((f"{prefix}.membership_healthy", str(healthy)))
             for key, _typ, value in _outlier_stats(info):
                 lines.append((f"{prefix}.outlier_detection.{key}", str(value)))
+            for key, value in _circuit_breaker_stats(info):
+                lines.append((f"{prefix}.circuit_breakers.default.{key}", str(value)))
     for snap in listener_stats:
         add(f"http.{snap['name']}", snap, "downstream")
         for key, suffix, _typ in _LISTENER_ONLY:

@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from control import ConfigError, build_snapshot, compile_snapshot, load_config
-from control.snapshot import Bootstrap, Endpoint, Limits, Snapshot
+from control.snapshot import INBOUND_RETRY_POLICY, Bootstrap, Endpoint, Limits, RetryPolicy, Snapshot
 
 HERE = os.path.dirname(__file__)
 MESH = os.path.join(HERE, "configs", "mesh.yaml")
@@ -74,6 +74,32 @@ def test_server_sidecar_inbound():
     assert [(e.address, e.port, e.target_port, e.sidecar) for e in c.endpoints] == [("127.0.0.3", 8080, 8080, False)]
     assert snap.workload.ports == {"http": 8080}
     assert [li.name for li in snap.listeners] == ["virtualInbound", "virtualOutbound"]
+
+
+def test_inbound_routes_get_istios_inbound_retry_policy():
+    # Istio >= 1.24 (istio/istio#52055): inbound routes retry reset-before-request, twice
+    assert INBOUND_RETRY_POLICY == RetryPolicy(attempts=2, retry_on=("reset-before-request",))
+    assert not INBOUND_RETRY_POLICY.configured and INBOUND_RETRY_POLICY.status_codes == ()
+    snap = build_snapshot(MESH, workload="default/server")
+    inbound = [r for v in snap.listener("inbound").virtual_hosts for r in v.routes]
+    assert inbound and all(r.retries == INBOUND_RETRY_POLICY for r in inbound)
+    # outbound routes keep Istio's outbound default
+    outbound = [r for v in snap.listener("outbound").virtual_hosts for r in v.routes]
+    assert outbound and all(r.retries == RetryPolicy() for r in outbound)
+    assert Snapshot.from_dict(snap.to_dict()) == snap
+
+
+def test_config_dump_shows_circuit_breakers_and_retry_budget():
+    snap = build_snapshot(MESH, workload="default/server")
+    dumped = json.loads(json.dumps({"snapshot": snap.to_dict()}))  # what /config_dump serves
+    for c in dumped["snapshot"]["clusters"]:
+        assert c["circuit_breakers"] == {
+            "max_connections": 4294967295, "max_pending_requests": 4294967295, "max_requests": 4294967295,
+            "max_retries": 4294967295, "max_requests_per_connection": 0, "max_connection_duration": 0.0}
+        assert c["retry_budget"] is None
+    [route] = [r for v in dumped["snapshot"]["listeners"] if v["direction"] == "inbound"
+               for vh in v["virtual_hosts"] for r in vh["routes"]]
+    assert route["retries"]["retry_on"] == ["reset-before-request"] and route["retries"]["attempts"] == 2
 
 
 def test_no_workload_means_outbound_only_on_defaults():

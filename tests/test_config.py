@@ -436,3 +436,21 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_circuit_breaking_example_in_the_docs_is_valid(tmp_path):
+    """docs/configuration.md's circuit-breaking example (Istio's httpbin task) loads and compiles."""
+    from control import build_snapshot
+    from control.snapshot import CircuitBreakers
+
+    docs = os.path.join(os.path.dirname(__file__), "..", "docs", "configuration.md")
+    text = open(docs, encoding="utf-8").read()
+    [block] = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]
+               if b.startswith("# Istio's circuit-breaking task")]
+    path = write(tmp_path, block, "httpbin.yaml")
+    cfg = load_config(path)
+    assert (cfg.issues, cfg.warnings) == ([], [])
+    c = build_snapshot(str(path)).cluster("outbound|8000||httpbin.default.svc.cluster.local")
+    assert c.circuit_breakers == CircuitBreakers(max_connections=1, max_pending_requests=1,
+                                                 max_requests_per_connection=1)
+    assert c.outlier_detection.consecutive_5xx == 1 and c.outlier_detection.max_ejection_percent == 100

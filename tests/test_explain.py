@@ -401,3 +401,88 @@ def test_connect_on_a_matching_virtualservice_route_is_405(bookinfo):
     lines, s = explain(bookinfo, "CONNECT", f"http://{REVIEWS}:9080/", [])
     assert s["status"] == 405 and s["route"] == "default/reviews http[1]", s
     assert "result    CONNECT is not proxied: 405" in lines
+
+
+# -- circuit breakers, retry budget, the inbound retry policy ---------------------------------------
+
+WEB_RULE = """\
+  host: web
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"""
+# FULL with limits on web (v2 with its own, and a retry budget) and an all-defaults budget on shadow.
+BREAKERS = FULL.replace(WEB_RULE, """\
+  host: web
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1, maxConnectionDuration: 30s}
+      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}
+    outlierDetection: {consecutive5xxErrors: 1}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      connectionPool: {http: {http2MaxRequests: 100, maxRetries: 10}}
+      retryBudget: {percent: 25, minRetryConcurrency: 5, budgetInterval: 10s}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: shadow}
+spec:
+  host: shadow
+  trafficPolicy:
+    retryBudget: {}
+""")
+
+
+def test_breakers_and_retry_budget_lines(tmp_path):
+    assert WEB_RULE in FULL
+    p = tmp_path / "breakers.yaml"
+    p.write_text(BREAKERS)
+    snap = build_snapshot(str(p))
+    lines, s = explain(snap, "GET", "http://web/api/x", [])
+    assert s["destinations"] == [(W1, 75), (W2, 25)]
+    v1 = lines[lines.index(f"cluster   {W1}"):lines.index(f"cluster   {W2}")]
+    v2 = lines[lines.index(f"cluster   {W2}"):]
+    assert ("  breakers  maxConnections 1, http1MaxPendingRequests 1, maxRequestsPerConnection 1, "
+            "maxConnectionDuration 30s (DestinationRule default/web)") in v1
+    assert not any(ln.startswith("  retry budget") for ln in v1)
+    # the subset's connectionPool replaces the top-level one; its budget replaces maxRetries
+    assert ("  breakers  http2MaxRequests 100, maxRetries 10 (the retry budget applies instead) "
+            "(DestinationRule default/web)") in v2
+    assert ("  retry budget 25% of the requests of the last 10s (at least 5 concurrent retries) "
+            "(DestinationRule default/web)") in v2
+    lines, s = explain(snap, "GET", "http://shadow/", [])
+    assert "  breakers  Istio's defaults (no limits)" in lines
+    assert ("  retry budget 20% of active requests (at least 3 concurrent retries) "
+            "(DestinationRule default/shadow)") in lines
+    lines, s = explain(snap, "GET", "http://plain/", [])
+    assert "  breakers  Istio's defaults (no limits)" in lines
+    assert not any(ln.startswith("  retry budget") for ln in lines)
+
+
+def test_inbound_default_route_retries_reset_before_request():
+    snap = build_snapshot(str(BOOKINFO).replace("bookinfo", "mesh"), workload="default/server")
+    lines, s = explain(snap, "GET", "http://echo/", [], inbound=True)
+    assert s == {"status": None, "route": "default", "cluster": "inbound|8080||"}
+    for want in [
+        "routes    no VirtualService for this host: the default route sends everything to the application",
+        "retries   2 attempts on reset-before-request (Istio's default)",
+        "cluster   inbound|8080||",
+        "  breakers  Istio's defaults (no limits)",
+    ]:
+        assert want in lines, "\n".join(lines)
+    # outbound, the same host: Istio's outbound default policy
+    lines, s = explain(snap, "GET", "http://echo/", [])
+    assert s["route"] == "default"
+    assert ("retries   2 attempts on connect-failure,refused-stream,unavailable,cancelled,"
+            "retriable-status-codes (Istio's default)") in lines
+
+
+def test_a_virtualservice_route_on_the_fast_path_is_named(bookinfo):
+    # productpage's sidecar drops ratings' sourceLabels route: the other one matches everything
+    lines, s = explain(bookinfo, "GET", "http://ratings:9080/ratings/0", ["end-user: jason"])
+    assert s["route"] == "default/ratings http[1]"
+    assert "routes    VirtualService default/ratings: http[1] sends everything to one destination" in lines

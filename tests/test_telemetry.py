@@ -188,3 +188,76 @@ def test_envoy_text(scrape):
     assert rq_time.split(": ", 1)[1].startswith("P0(nan,0) P25(nan,")
     empty = telemetry.render_envoy_text([counters.ClusterStats("e").snapshot()], []).decode()
     assert "cluster.e.upstream_rq_time: No recorded values" in empty
+
+
+# -- connection pool limits (circuit breakers) ------------------------------------------------------
+
+POOL_KEYS = {"cx_overflow": 3, "rq_pending_overflow": 4, "rq_pending_total": 9, "rq_pending_active": 2,
+             "cx_max_requests": 5, "cx_max_duration_reached": 6}
+BREAKERS = {"max_connections": 1, "max_pending_requests": 1, "max_requests": 4294967295,
+            "max_retries": 4294967295, "cx_open": 1, "rq_pending_open": 1, "rq_open": 0, "rq_retry_open": 0,
+            "remaining_cx": 0, "remaining_pending": 0, "remaining_rq": 4294967293, "remaining_retries": 4294967295}
+
+
+def pool_scrape(cb=BREAKERS):
+    snap = dict(stats(OUT, [(200, 100), (503, 100)]).snapshot(), **POOL_KEYS)
+    old = stats(INB, [(200, 100)]).snapshot()  # a snapshot without the new keys: zeros
+    for key in POOL_KEYS:
+        old.pop(key, None)
+    lst = dict(stats("0.0.0.0_15001", [(200, 1)]).snapshot(), cx_overflow=7)
+    info = [{"name": OUT, "direction": "outbound", "service": "echo.default.svc.cluster.local",
+             "namespace": "default", "port": 80, "endpoints": 1, "circuit_breakers": cb},
+            {"name": INB, "direction": "inbound", "service": "echo", "namespace": "default",
+             "port": 8080, "endpoints": 1}]
+    return info, [snap, old], [lst]
+
+
+def test_pool_limit_counters_prometheus():
+    info, cs, ls = pool_scrape()
+    text = telemetry.render_prometheus(info, cs, ls, WORKLOAD).decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}  # parses
+    for key, n in POOL_KEYS.items():
+        assert f'envoy_cluster_upstream_{key}{{cluster_name="{OUT}"}} {n}' in text
+        assert f'envoy_cluster_upstream_{key}{{cluster_name="{INB}"}} 0' in text
+    assert "# TYPE envoy_cluster_upstream_rq_pending_active gauge" in text
+    for key in ("cx_overflow", "rq_pending_overflow", "rq_pending_total", "cx_max_requests",
+                "cx_max_duration_reached"):
+        assert f"# TYPE envoy_cluster_upstream_{key} counter" in text
+    # the listener keeps its own overflow counter, and gets none of the upstream pool stats
+    assert 'envoy_listener_downstream_cx_overflow{envoy_listener_address="0.0.0.0_15001"} 7' in text
+    assert "envoy_http_downstream_rq_pending" not in text and "envoy_http_downstream_cx_max" not in text
+    assert "envoy_http_downstream_cx_overflow" not in text
+    assert fams["envoy_cluster_upstream_rq_pending_active"].type == "gauge"
+
+
+def test_circuit_breaker_gauges_prometheus():
+    info, cs, ls = pool_scrape()
+    text = telemetry.render_prometheus(info, cs, ls, WORKLOAD).decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    for key in ("cx_open", "rq_pending_open", "rq_open", "rq_retry_open", "remaining_cx", "remaining_pending",
+                "remaining_rq", "remaining_retries"):
+        name = f"envoy_cluster_circuit_breakers_default_{key}"
+        assert fams[name].type == "gauge"
+        assert [(s.labels, s.value) for s in fams[name].samples] == [({"cluster_name": OUT}, BREAKERS[key])]
+    assert f'envoy_cluster_circuit_breakers_default_cx_open{{cluster_name="{OUT}"}} 1' in text
+    assert f'envoy_cluster_circuit_breakers_default_remaining_rq{{cluster_name="{OUT}"}} 4294967293' in text
+    assert "circuit_breakers_default_max" not in text  # the limits themselves are in /clusters only
+    # no circuit_breakers (or None): nothing rendered
+    info, cs, ls = pool_scrape(cb=None)
+    assert b"circuit_breakers" not in telemetry.render_prometheus(info, cs, ls, WORKLOAD)
+
+
+def test_pool_limits_envoy_text():
+    info, cs, ls = pool_scrape()
+    lines = telemetry.render_envoy_text(cs, ls, info).decode().splitlines()
+    assert lines == sorted(lines)
+    for key, n in POOL_KEYS.items():
+        assert f"cluster.{OUT}.upstream_{key}: {n}" in lines
+        assert f"cluster.{INB}.upstream_{key}: 0" in lines
+    for key in ("cx_open", "rq_pending_open", "rq_open", "rq_retry_open", "remaining_cx", "remaining_pending",
+                "remaining_rq", "remaining_retries"):
+        assert f"cluster.{OUT}.circuit_breakers.default.{key}: {BREAKERS[key]}" in lines
+    assert not any(ln.startswith(f"cluster.{INB}.circuit_breakers") for ln in lines)
+    assert "listener.0.0.0.0_15001.downstream_cx_overflow: 7" in lines
+    assert not any(ln.startswith("http.0.0.0.0_15001.") and ("pending" in ln or "overflow" in ln
+                                                             or "cx_max" in ln) for ln in lines)

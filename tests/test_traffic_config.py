@@ -13,9 +13,9 @@ from control import ConfigError, build_snapshot, load_config
 from control import regex
 from control.config.networking import LB_SIMPLE
 from control.policy import SIMPLE_LB_POLICIES
-from control.snapshot import (RetryPolicy, DEFAULT_LB_POLICY, LB_POLICIES, Destination, DirectResponse, Endpoint, Fault,
-                              HashPolicy, HeaderMatch, HeaderOps, LocalityLb, Mirror, QueryMatch, Redirect, Rewrite,
-                              Route, RouteMatch, Snapshot, StringMatch)
+from control.snapshot import (RetryPolicy, DEFAULT_LB_POLICY, LB_POLICIES, MAX_UNLIMITED, CircuitBreakers, Destination,
+                              DirectResponse, Endpoint, Fault, HashPolicy, HeaderMatch, HeaderOps, LocalityLb, Mirror,
+                              QueryMatch, Redirect, RetryBudget, Rewrite, Route, RouteMatch, Snapshot, StringMatch)
 
 HERE = os.path.dirname(__file__)
 BOOKINFO = os.path.join(HERE, "configs", "bookinfo.yaml")
@@ -578,7 +578,7 @@ INVALID = [
             loadBalancer: {simple: RANDOM, consistentHash: {minimumRingSize: 10}}
             outlierDetection: {consecutive5xxErrors: 1, interval: 0.5ms}
           - port: {number: 80}
-            connectionPool: {tcp: {maxConnections: 1}, http: {http2MaxRequests: 1}}
+            connectionPool: {tcp: {tcpKeepalive: {time: 5s}}, http: {maxConcurrentStreams: 1}}
         subsets:
         - {name: v1}
         - {name: v1, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}, tunnel: {}}}
@@ -590,10 +590,10 @@ INVALID = [
         "spec.trafficPolicy.portLevelSettings[0].loadBalancer.consistentHash: consistentHash needs exactly one "
         "hash key: httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName",
         "spec.trafficPolicy.portLevelSettings[0].outlierDetection.interval: must be at least 1ms",
-        "spec.trafficPolicy.portLevelSettings[1].connectionPool.tcp.maxConnections: maxConnections is not "
+        "spec.trafficPolicy.portLevelSettings[1].connectionPool.tcp.tcpKeepalive: tcpKeepalive is not "
         "supported yet",
-        "spec.trafficPolicy.portLevelSettings[1].connectionPool.http.http2MaxRequests: http2MaxRequests is not "
-        "supported yet",
+        "spec.trafficPolicy.portLevelSettings[1].connectionPool.http.maxConcurrentStreams: maxConcurrentStreams "
+        "is not supported yet",
         "spec.subsets[1].trafficPolicy.tls: tls is not supported yet",
         "spec.subsets[1].trafficPolicy.tunnel: tunnel is not supported yet",
     ]),
@@ -641,6 +641,53 @@ INVALID = [
         "weights must sum to 100, got 90",
         "DestinationRule default/b: spec.subsets[0].trafficPolicy.loadBalancer.localityLbSetting.failover[0].to: "
         'failover must be to another region (from "us-east" to "us-east/zone2")',
+    ]),
+    ("connection-pool-limits", doc("DestinationRule", "a", """\
+        host: shadow
+        trafficPolicy:
+          connectionPool:
+            tcp: {maxConnections: -1, maxConnectionDuration: 0s}
+            http: {http1MaxPendingRequests: 2147483648, http2MaxRequests: "10", maxRetries: 1.5,
+                   maxRequestsPerConnection: -2}
+          portLevelSettings:
+          - port: {number: 80}
+            connectionPool: {tcp: {maxConnectionDuration: 500us, maxConnections: 2147483647}}
+        subsets:
+        - name: v1
+          trafficPolicy: {connectionPool: {tcp: {maxConnectionDuration: -1s}}}
+        """), [
+        "spec.trafficPolicy.connectionPool.tcp.maxConnections: must not be negative",
+        "spec.trafficPolicy.connectionPool.http.http1MaxPendingRequests: 2147483648 is out of range "
+        "(an int32: at most 2147483647)",
+        "spec.trafficPolicy.connectionPool.http.http2MaxRequests: expected an integer, got a string",
+        "spec.trafficPolicy.connectionPool.http.maxRetries: expected an integer, got a number",
+        "spec.trafficPolicy.connectionPool.http.maxRequestsPerConnection: must not be negative",
+        "spec.trafficPolicy.portLevelSettings[0].connectionPool.tcp.maxConnectionDuration: must be at least 1ms",
+        'spec.subsets[0].trafficPolicy.connectionPool.tcp.maxConnectionDuration: "-1s" is not a duration '
+        '(use a number and a unit: "5s", "1.5s", "100ms", "1m", "1h")',
+    ]),
+    ("connection-pool-zero-duration", doc("DestinationRule", "a", """\
+        host: shadow
+        trafficPolicy: {connectionPool: {tcp: {maxConnectionDuration: 0s}}}
+        """), ["spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration: must be at least 1ms"]),
+    ("retry-budget", doc("DestinationRule", "a", """\
+        host: shadow
+        trafficPolicy:
+          retryBudget: {percent: 101, minRetryConcurrency: -1, budgetInterval: 10, budgetPercent: 5}
+          portLevelSettings:
+          - port: {number: 80}
+            retryBudget: {percent: 10}
+        subsets:
+        - name: v1
+          trafficPolicy: {retryBudget: {percent: "20%"}}
+        """), [
+        "spec.trafficPolicy.retryBudget.percent: 101 is out of range (0-100)",
+        "spec.trafficPolicy.retryBudget.minRetryConcurrency: -1 is out of range (0-4294967295)",
+        'spec.trafficPolicy.retryBudget.budgetInterval: expected a duration string ("5s", "100ms", "1m"), '
+        "got an integer",
+        'spec.trafficPolicy.retryBudget.budgetPercent: unknown field (did you mean "percent"?)',
+        "spec.trafficPolicy.portLevelSettings[0].retryBudget: unknown field",
+        "spec.subsets[0].trafficPolicy.retryBudget.percent: expected a number, got a string",
     ]),
 ]
 
@@ -825,3 +872,112 @@ def test_timeout_and_retries_compile(tmp_path):
     assert default.retries == RetryPolicy() and default.is_simple
     assert RetryPolicy().attempts == 2 and RetryPolicy().retry_on == (
         "connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes")
+
+
+# --- connectionPool limits (circuit breakers) and retry budgets ---------------------------------------
+
+
+def test_connection_pool_limits_compile_to_circuit_breakers(tmp_path):
+    snap = build_snapshot(write(tmp_path, SERVICES + doc("DestinationRule", "web", """\
+        host: web
+        trafficPolicy:
+          connectionPool:
+            tcp: {maxConnections: 1, maxConnectionDuration: 30s, connectTimeout: 2s}
+            http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1, http2MaxRequests: 0}
+          portLevelSettings:
+          - port: {number: 8080}
+            connectionPool: {http: {http2MaxRequests: 100, maxRetries: 5}}
+        subsets:
+        - name: v1
+          labels: {version: v1}
+        - name: v2
+          labels: {version: v2}
+          trafficPolicy:
+            connectionPool: {http: {idleTimeout: 10s}}
+        - name: v3
+          labels: {version: v2}
+          trafficPolicy:
+            portLevelSettings:
+            - port: {number: 80}
+              loadBalancer: {simple: RANDOM}
+        """) + vs("""\
+        - route:
+          - {destination: {host: web, subset: v1, port: {number: 80}}, weight: 40}
+          - {destination: {host: web, subset: v2, port: {number: 80}}, weight: 30}
+          - {destination: {host: web, subset: v3, port: {number: 80}}, weight: 30}
+        """, hosts="[shadow]")))
+    web = "web.default.svc.cluster.local"
+    c80 = snap.cluster(f"outbound|80||{web}")
+    # 0 keeps Istio's default (unlimited); only what is set above 0 changes
+    assert c80.circuit_breakers == CircuitBreakers(max_connections=1, max_pending_requests=1,
+                                                   max_requests_per_connection=1, max_connection_duration=30.0)
+    assert c80.circuit_breakers.max_requests == c80.circuit_breakers.max_retries == MAX_UNLIMITED == 2**32 - 1
+    assert c80.connect_timeout == 2.0 and c80.retry_budget is None
+    # portLevelSettings' connectionPool replaces the top-level one as a whole
+    c8080 = snap.cluster(f"outbound|8080||{web}")
+    assert c8080.circuit_breakers == CircuitBreakers(max_requests=100, max_retries=5)
+    assert c8080.connect_timeout == 10.0
+    # a subset without a connectionPool inherits the top-level limits (its own cluster, its own limits)
+    assert snap.cluster(f"outbound|80|v1|{web}").circuit_breakers == c80.circuit_breakers
+    # a subset's connectionPool replaces the whole part: no limits left
+    assert snap.cluster(f"outbound|80|v2|{web}").circuit_breakers == CircuitBreakers()
+    # a subset's port-level settings replace every part, connectionPool included
+    assert snap.cluster(f"outbound|80|v3|{web}").circuit_breakers == CircuitBreakers()
+    # no DestinationRule: Istio's defaults
+    assert snap.cluster("outbound|80||shadow.default.svc.cluster.local").circuit_breakers == CircuitBreakers()
+    assert CircuitBreakers() == CircuitBreakers(MAX_UNLIMITED, MAX_UNLIMITED, MAX_UNLIMITED, MAX_UNLIMITED, 0, 0.0)
+    assert Snapshot.from_dict(snap.to_dict()) == snap
+    dumped = json.loads(snap.to_json())
+    [d80] = [c for c in dumped["clusters"] if c["name"] == f"outbound|80||{web}"]
+    assert d80["circuit_breakers"] == {
+        "max_connections": 1, "max_pending_requests": 1, "max_requests": MAX_UNLIMITED,
+        "max_retries": MAX_UNLIMITED, "max_requests_per_connection": 1, "max_connection_duration": 30.0}
+    assert d80["retry_budget"] is None
+
+
+def test_retry_budget_top_level_and_subset(tmp_path):
+    snap = build_snapshot(write(tmp_path, SERVICES + doc("DestinationRule", "web", """\
+        host: web
+        trafficPolicy:
+          retryBudget: {percent: 25.5, budgetInterval: 10s}
+          connectionPool: {http: {maxRetries: 3}}
+          portLevelSettings:
+          - port: {number: 8080}
+            connectionPool: {http: {maxRetries: 7}}
+        subsets:
+        - name: v1
+          labels: {version: v1}
+        - name: v2
+          labels: {version: v2}
+          trafficPolicy:
+            retryBudget: {minRetryConcurrency: 0}
+        - name: v3
+          labels: {version: v2}
+          trafficPolicy:
+            retryBudget: {}
+            portLevelSettings:
+            - port: {number: 80}
+              loadBalancer: {simple: RANDOM}
+        """) + vs("""\
+        - route:
+          - {destination: {host: web, subset: v1, port: {number: 80}}, weight: 40}
+          - {destination: {host: web, subset: v2, port: {number: 8080}}, weight: 30}
+          - {destination: {host: web, subset: v3, port: {number: 80}}, weight: 30}
+        """, hosts="[shadow]")))
+    web = "web.default.svc.cluster.local"
+    top = RetryBudget(percent=25.5, min_retry_concurrency=3, budget_interval=10.0)
+    c80 = snap.cluster(f"outbound|80||{web}")
+    assert c80.retry_budget == top and c80.circuit_breakers == CircuitBreakers(max_retries=3)
+    # retryBudget has no port-level form: every port of the service gets the top-level one
+    c8080 = snap.cluster(f"outbound|8080||{web}")
+    assert c8080.retry_budget == top and c8080.circuit_breakers == CircuitBreakers(max_retries=7)
+    assert snap.cluster(f"outbound|80|v1|{web}").retry_budget == top
+    # a subset's retryBudget replaces the top-level one as a whole (unset fields: Envoy's defaults)
+    assert snap.cluster(f"outbound|8080|v2|{web}").retry_budget == RetryBudget(min_retry_concurrency=0)
+    # {} is a budget with every default; the subset's port-level settings leave it in place
+    v3 = snap.cluster(f"outbound|80|v3|{web}")
+    assert (v3.retry_budget, v3.lb_policy) == (RetryBudget(20.0, 3, 0.0), "RANDOM")
+    assert snap.cluster("outbound|80||shadow.default.svc.cluster.local").retry_budget is None
+    assert Snapshot.from_dict(snap.to_dict()) == snap
+    [d] = [c for c in json.loads(snap.to_json())["clusters"] if c["name"] == f"outbound|80||{web}"]
+    assert d["retry_budget"] == {"percent": 25.5, "min_retry_concurrency": 3, "budget_interval": 10.0}

@@ -9,8 +9,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Optional
 
-from control.config.schema import (DNS1123_SUBDOMAIN, LABELS, NOT_USED, AnyValue, Bool, Duration, Enum, Field,
-                                   Float, Int, KindSchema, ListOf, MapOf, Port, Reporter, Str, Struct,
+from control.config.schema import (DNS1123_SUBDOMAIN, INVALID, LABELS, NOT_USED, AnyValue, Bool, Duration, Enum,
+                                   Field, Float, Int, KindSchema, ListOf, MapOf, Port, Reporter, Str, Struct,
                                    did_you_mean, dns1123_label, host_name, join, not_yet, regex)
 
 NETWORKING = ("networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3")
@@ -489,24 +489,57 @@ LOAD_BALANCER = Struct({
     "warmup": not_yet("warmup"),
 }, checks=(_check_load_balancer,))
 
+INT32_MAX = 2**31 - 1
+
+
+class Threshold(Int):
+    """An Istio int32 connection-pool limit: > 0 sets it, 0 keeps Istio's default, < 0 is an error."""
+
+    def __init__(self):
+        super().__init__(0, INT32_MAX)
+
+    def check(self, value, path, rep):
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 0:
+                rep.issue(path, "must not be negative")
+                return INVALID
+            if value > INT32_MAX:
+                rep.issue(path, f"{value} is out of range (an int32: at most {INT32_MAX})")
+                return INVALID
+        return super().check(value, path, rep)
+
+
+def _check_tcp_pool(spec: dict, path: str, rep: Reporter) -> None:
+    if "maxConnectionDuration" in spec and spec["maxConnectionDuration"] < 0.001:
+        rep.issue(join(path, "maxConnectionDuration"), "must be at least 1ms")
+
+
+# Istio's ConnectionPoolSettings. The limits are Envoy's circuit breakers (control.policy).
 CONNECTION_POOL = Struct({
     "tcp": Field(Struct({
+        "maxConnections": Field(Threshold()),
         "connectTimeout": Field(Duration(positive=True)),
-        "maxConnections": not_yet("maxConnections"),
         "tcpKeepalive": not_yet("tcpKeepalive"),
-        "maxConnectionDuration": not_yet("maxConnectionDuration"),
+        "maxConnectionDuration": Field(Duration()),
         "idleTimeout": not_yet("tcp.idleTimeout"),
-    })),
+    }, checks=(_check_tcp_pool,))),
     "http": Field(Struct({
+        "http1MaxPendingRequests": Field(Threshold()),
+        "http2MaxRequests": Field(Threshold()),
+        "maxRequestsPerConnection": Field(Threshold()),
+        "maxRetries": Field(Threshold()),
         "idleTimeout": Field(Duration(positive=True)),
-        "http1MaxPendingRequests": not_yet("http1MaxPendingRequests"),
-        "http2MaxRequests": not_yet("http2MaxRequests"),
-        "maxRequestsPerConnection": not_yet("maxRequestsPerConnection"),
-        "maxRetries": not_yet("maxRetries"),
         "h2UpgradePolicy": not_yet("h2UpgradePolicy"),
         "useClientProtocol": not_yet("useClientProtocol"),
         "maxConcurrentStreams": not_yet("maxConcurrentStreams"),
     })),
+})
+
+# Istio's TrafficPolicy.RetryBudget (Envoy's circuit-breaker retry_budget); defaults in control.policy.
+RETRY_BUDGET = Struct({
+    "percent": Field(Float(0, 100)),
+    "minRetryConcurrency": Field(Int(0, 2**32 - 1)),
+    "budgetInterval": Field(Duration()),
 })
 
 def _check_outlier_detection(spec: dict, path: str, rep: Reporter) -> None:
@@ -534,6 +567,7 @@ OUTLIER_DETECTION = Struct({
                                                         "or consecutive5xxErrors"),
 }, checks=(_check_outlier_detection,))
 
+# The parts a portLevelSettings[] entry may set too; retryBudget is only top-level and per subset.
 _POLICY_FIELDS = {
     "loadBalancer": Field(LOAD_BALANCER),
     "connectionPool": Field(CONNECTION_POOL),
@@ -557,6 +591,7 @@ def _check_port_levels(spec: dict, path: str, rep: Reporter) -> None:
 TRAFFIC_POLICY = Struct({
     **_POLICY_FIELDS,
     "portLevelSettings": Field(ListOf(PORT_TRAFFIC_POLICY)),
+    "retryBudget": Field(RETRY_BUDGET),
     "tunnel": not_yet("tunnel"),
     "proxyProtocol": not_yet("proxyProtocol"),
 }, checks=(_check_port_levels,))
