@@ -219,6 +219,10 @@ def _json_health(ep: dict) -> dict:
     return d
 
 
+#: Envoy's circuit-breaker thresholds, as ``/clusters`` prints them (``default_priority``).
+_THRESHOLDS = ("max_connections", "max_pending_requests", "max_requests", "max_retries")
+
+
 async def _h_clusters(srv: "AdminServer", q: dict) -> _Response:
     infos = srv.provider.cluster_infos()
     if q.get("format") == "json":
@@ -235,7 +239,15 @@ async def _h_clusters(srv: "AdminServer", q: dict) -> _Response:
                     "weight": ep.get("weight", 1),
                     "locality": _locality(ep.get("locality")),
                 })
-            statuses.append({"name": c["name"], "observability_name": c["name"], "host_statuses": hosts})
+            status = {"name": c["name"], "observability_name": c["name"]}
+            cb = c.get("circuit_breakers")
+            if cb:
+                # Envoy's thresholds; then the breakers' state now (Envoy's circuit_breakers.* gauges)
+                status["circuit_breakers"] = {
+                    "thresholds": [{"priority": "DEFAULT", **{k: cb[k] for k in _THRESHOLDS}}],
+                    "state": {k: v for k, v in cb.items() if k not in _THRESHOLDS}}
+            status["host_statuses"] = hosts
+            statuses.append(status)
         return _json({"cluster_statuses": statuses})
     if q.get("format", "text") != "text":
         return _Response(400, f"unknown format {q.get('format')!r}; use text or json\n")
@@ -243,6 +255,10 @@ async def _h_clusters(srv: "AdminServer", q: dict) -> _Response:
     for c in infos:
         name = c["name"]
         lines.append(f"{name}::observability_name::{name}")
+        cb = c.get("circuit_breakers")
+        if cb:
+            for k in _THRESHOLDS:
+                lines.append(f"{name}::default_priority::{k}::{cb[k]}")
         for ep in c.get("endpoints") or []:
             host = f"{name}::{ep.get('address')}:{ep.get('port')}"
             loc = _locality(ep.get("locality"))

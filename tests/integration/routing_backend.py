@@ -3,7 +3,7 @@
     python routing_backend.py --host 127.0.0.21 --name v1 [--port N] [--delay S]
         -> prints "PORT <n>" and serves HTTP/1.1 (keep-alive, Content-Length or chunked bodies)
 
-Every answer is JSON ``{"name", "addr", "method", "target", "headers": [[name, value]...],
+Every answer is JSON ``{"name", "addr", "peer", "method", "target", "headers": [[name, value]...],
 "body"}`` with the header ``x-served-by: <name>`` and three fixed headers a route can edit:
 ``x-up-set: original``, ``x-up-remove: gone``, ``x-up-keep: yes``.
 
@@ -63,6 +63,7 @@ def _answer(status, body, extra=(), close=False, head_only=False):
 
 async def handle(reader, writer, name, delay, log=True, status=200):
     addr = "%s:%d" % writer.get_extra_info("sockname")[:2]
+    peer = "%s:%d" % writer.get_extra_info("peername")[:2]
     try:
         while True:
             try:
@@ -92,7 +93,7 @@ async def handle(reader, writer, name, delay, log=True, status=200):
                 if close:
                     return
                 continue
-            rec = {"name": name, "addr": addr, "method": method, "target": target,
+            rec = {"name": name, "addr": addr, "peer": peer, "method": method, "target": target,
                    "headers": headers, "body": body.decode("latin-1")}
             if log:
                 LOG.append(rec)

@@ -63,10 +63,12 @@ def metric(s, name, cluster=CLUSTER):
 
 
 def breakers(s, cluster=CLUSTER):
+    """The cluster's thresholds and the breakers' state, from ``/clusters?format=json``."""
     _, body = s.admin_get("/clusters?format=json")
     for c in json.loads(body)["cluster_statuses"]:
         if c["name"] == cluster:
-            return c["circuit_breakers"]
+            cb = c["circuit_breakers"]
+            return {**cb["thresholds"][0], **cb["state"]}
     raise AssertionError(f"{cluster} not in /clusters")
 
 
@@ -114,6 +116,8 @@ def test_istio_circuit_breaking_task(make_sidecar, slow, per_connection):
         assert metric(s, "envoy_cluster_upstream_cx_max_requests") >= 1
     cb = breakers(s)
     assert (cb["max_connections"], cb["max_pending_requests"]) == (1, 1)
+    _, text = s.admin_get("/clusters")
+    assert f"{CLUSTER}::default_priority::max_connections::1\n" in text.decode()
     # and it recovers: sequential requests are all served
     for _ in range(5):
         assert get(s, "/")[0] == 200
@@ -219,7 +223,7 @@ def test_max_connection_duration_closes_old_connections(make_sidecar, slow):
     while time.monotonic() - t0 < 2.6:
         st, _, body, _ = get(s, "/", conn)
         assert st == 200
-        addrs.add(tuple(json.loads(body)["addr"]))
+        addrs.add(json.loads(body)["peer"])  # the sidecar's end of its upstream connection
         time.sleep(0.1)
     conn.close()
     # about one upstream connection per second, never one older than 1 s (+ a request)
