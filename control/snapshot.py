@@ -370,7 +370,8 @@ class Route:
                 and self.response_headers == HeaderOps()
                 and self.destinations[0].request_headers == HeaderOps()
                 and self.destinations[0].response_headers == HeaderOps()
-                and not self.timeout and self.retries == RetryPolicy())
+                and not self.timeout
+                and (self.retries == RetryPolicy() or self.retries == INBOUND_RETRY_POLICY))
 
 
 @dataclass(frozen=True)

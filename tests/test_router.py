@@ -485,3 +485,30 @@ def test_regex_rewrite_route(twin, match, rewrite, target, expect):
     req = view(twin, target=target)
     e, b = t.match(req)
     assert e.rewritten_path(req, b) == expect
+
+
+def test_inbound_fast_path_and_default_carry_istios_inbound_retry_rule(twin):
+    """An inbound one-route host keeps the fast path (a prebuilt decision) with Istio's inbound
+    retry rule (reset-before-request, 2 attempts); so does the inbound listener's default route;
+    outbound ones keep the outbound default."""
+    import os
+
+    from control import build_snapshot
+    from control.snapshot import INBOUND_RETRY_POLICY
+    snap = build_snapshot(os.path.join(os.path.dirname(__file__), "configs", "mesh.yaml"),
+                          workload="default/server")
+    r = twin[0]
+    for lst in snap.listeners:
+        clusters = {c.name: type("C", (), {"name": c.name})() for c in snap.clusters}
+        rc = r.build_route_context(lst, clusters, None)
+        decisions = list(rc.hosts.values())
+        assert decisions, lst.name
+        if lst.direction == "inbound":
+            assert all(d.retry is r.INBOUND_RETRY for d in decisions)
+            assert rc.default is None or rc.default.retry is r.INBOUND_RETRY
+            rule = r.INBOUND_RETRY
+            assert rule.attempts == INBOUND_RETRY_POLICY.attempts == 2
+            assert rule.on & r.R_RESET_BEFORE_REQUEST and rule.on & r.RETRY_ON_CONNECT_FAILURE
+            assert not rule.statuses and not rule.replay
+        else:
+            assert all(d.retry is r.DEFAULT_RETRY for d in decisions)

@@ -27,7 +27,7 @@ pattern and the input (``(a+)+b`` against 60 KiB of ``a`` is a fraction of a mil
 """
 from random import random as _random
 
-from control.snapshot import RetryPolicy
+from control.snapshot import INBOUND_RETRY_POLICY, RetryPolicy
 
 DEFAULT_POLICY = RetryPolicy()
 
@@ -484,6 +484,17 @@ A_LOCAL = 1
 
 #: Istio's default retry policy (a route without ``retries``): connect failures, twice.
 DEFAULT_RETRY = RetryRule(RetryPolicy())
+#: Istio's inbound default (reset-before-request, 2 attempts).
+INBOUND_RETRY = RetryRule(INBOUND_RETRY_POLICY)
+
+
+def _retry_rule(policy):
+    """The engine's rule for a route's policy (the two defaults are shared)."""
+    if policy == DEFAULT_POLICY:
+        return DEFAULT_RETRY
+    if policy == INBOUND_RETRY_POLICY:
+        return INBOUND_RETRY
+    return RetryRule(policy)
 
 #: No virtual host for the Host (and no default cluster), or no route matched: 404 NR.
 NO_ROUTE = Decision(A_LOCAL, status=404, flags="NR", route_name=None)
@@ -525,7 +536,7 @@ class RouteEntry:
         authority = _authority_edit(self.rewrite_authority) \
             if self.rewrite_authority is not None else None
         local_filters = chain(route, None, None) if chain is not None else None
-        self.retry = DEFAULT_RETRY if route.retries == DEFAULT_POLICY else RetryRule(route.retries)
+        self.retry = _retry_rule(route.retries)
         self.destinations = []
         self.total_weight = 0
         for d in route.destinations:
@@ -802,7 +813,8 @@ def build_route_context(listener, clusters, chain=None):
                 target = Decision(A_LOCAL, None, r.cluster, "default", status=503, flags="NC")
             else:
                 target = Decision(A_ROUTE, c, r.cluster, "default",
-                                  filters=chain(None, None, None) if chain is not None else None)
+                                  filters=chain(None, None, None) if chain is not None else None,
+                                  retry=_retry_rule(r.retries))
             into = hosts
         else:
             target = RouteTable(vh.name, vh.routes, clusters, chain)
@@ -818,7 +830,9 @@ def build_route_context(listener, clusters, chain=None):
         c = clusters.get(listener.default_cluster)
         if c is not None:
             default = Decision(A_ROUTE, c, listener.default_cluster, "default",
-                               filters=chain(None, None, None) if chain is not None else None)
+                               filters=chain(None, None, None) if chain is not None else None,
+                               retry=INBOUND_RETRY if listener.direction == "inbound"
+                               else DEFAULT_RETRY)
     return RouteContext(hosts, tables or None, wildcards or None, default)
 
 
