@@ -137,6 +137,7 @@ class Http1Connection(Codec):
             transport.set_write_buffer_limits(high=listener.buffer_limit)
         wheel = listener.timers
         if wheel is not None:
+            self.wheel = wheel
             self.timer = Timer(wheel, self)
             if listener.idle_timeout > 0.0:
                 self.tkind = T_IDLE

@@ -35,6 +35,8 @@ from meshproxy._core.router cimport Decision as CDecision
 from meshproxy._core.router cimport RequestView as CRequestView
 from meshproxy._core.router cimport RetryRule as CRetryRule
 from meshproxy._core.router cimport RouteContext as CRouteContext
+from meshproxy._core.timers cimport Timer as CTimer
+from meshproxy._core.timers cimport TimerWheel as CTimerWheel
 
 cdef int A_ROUTE
 cdef int S_FILTERS, S_UPSTREAM, S_DONE
@@ -53,6 +55,7 @@ cdef class Codec:
     cdef public bytes client_addr
     cdef public bytes xf_lines
     cdef public bint write_paused
+    cdef public object wheel
 
     cpdef send_response_head(self, Stream s, CResponseParser resp, bytes extra, Py_ssize_t k,
                              bint delimited)
@@ -231,6 +234,21 @@ cdef class UpstreamConnection:
     cpdef _body(self, Stream s, object buf, Py_ssize_t pos, Py_ssize_t end)
 
 
+cdef double DEADLINE_MARGIN
+
+
+@cython.final
+@cython.freelist(16)
+cdef class Deadline:
+    cdef public object loop
+    cdef public double when
+    cdef public object callback
+    cdef public object handle
+    cdef public CTimer timer
+
+
+@cython.locals(wheel=CTimerWheel, loop=object)
+cdef object _deadline(Codec conn, double delay, object callback)
 @cython.locals(idle_timeout=double, limit=Py_ssize_t, left=double)
 cdef double _keep_for(CCluster cluster, UpstreamConnection up)
 @cython.locals(pool=CPool, waiting=list, s=Stream, i=Py_ssize_t)

@@ -50,6 +50,7 @@ from .cluster import (RESULT_CONNECT_FAILED, RESULT_CONNECT_SUCCESS, RESULT_CONN
                       RESULT_RESET, RESULT_TIMEOUT, LbContext)
 from .http1 import ChunkedFramer, ResponseParser, request_id
 from .router import A_ROUTE, RETRY_ON_CONNECT_FAILURE, RETRY_ON_RESET
+from .timers import Timer
 
 from meshproxy.errors import ProtocolError
 
@@ -140,6 +141,7 @@ class Codec:
         self.client_addr = b""
         self.xf_lines = b""
         self.write_paused = False
+        self.wheel = None  # the listener's timers.TimerWheel (None: request timeouts use loop timers)
 
     def send_response_head(self, s, resp, extra, k, delimited):
         """Encode the upstream's response head ``resp`` (plus ``extra`` header lines, minus
@@ -492,14 +494,14 @@ class Stream:
         timeout of the attempt in flight."""
         d = self.decision
         if d.timeout > 0.0 and self.timeout_timer is None:
-            self.timeout_timer = self.conn.loop.call_later(d.timeout, self._on_timeout)
+            self.timeout_timer = _deadline(self.conn, d.timeout, self._on_timeout)
         if self.rule.per_try_timeout > 0.0:
             self._arm_try_timer()
 
     def _arm_try_timer(self):
         if self.try_timer is not None:
             self.try_timer.cancel()
-        self.try_timer = self.conn.loop.call_later(self.rule.per_try_timeout, self._on_try_timeout)
+        self.try_timer = _deadline(self.conn, self.rule.per_try_timeout, self._on_try_timeout)
 
     def _on_timeout(self):
         """The route's timeout: 504 UT (or, with the response under way, a reset)."""
@@ -1358,6 +1360,50 @@ class UpstreamConnection:
         s = self.stream
         if s is not None:
             s.conn.resume_reading(PAUSE_UPSTREAM_FULL)
+
+
+#: How long before its time a ``Deadline`` leaves the timing wheel for a loop timer, beyond the
+#: wheel's resolution (the wheel fires up to one resolution late, never early).
+DEADLINE_MARGIN = 0.05
+
+
+class Deadline:
+    """A request timeout (route ``timeout``, ``perTryTimeout``) that fires within a millisecond
+    or two of its time but costs a loop timer only when that time is near.
+
+    It waits on the listener's timing wheel (a set insert and discard: most requests end long
+    before) until one wheel resolution plus ``DEADLINE_MARGIN`` before ``when``, then arms
+    ``loop.call_at(when)``. A uvloop timer armed and cancelled per request costs about five times
+    as much as the wheel.
+    """
+
+    def __init__(self, wheel, loop, when, callback):
+        self.loop = loop
+        self.when = when
+        self.callback = callback
+        self.handle = None
+        self.timer = Timer(wheel, self)
+        wheel.arm(self.timer, when - wheel.resolution - DEADLINE_MARGIN)
+
+    def on_timer(self, now):
+        """The wheel: the time is near."""
+        self.handle = self.loop.call_at(self.when, self.callback)
+
+    def cancel(self):
+        self.timer.cancel()
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
+def _deadline(conn, delay, callback):
+    """A timer calling ``callback`` in ``delay`` s: a ``Deadline`` on the codec's timing wheel,
+    or a loop timer when the delay is shorter than the wheel can wait (or there is no wheel)."""
+    wheel = conn.wheel
+    if wheel is None or delay <= wheel.resolution + DEADLINE_MARGIN:
+        return conn.loop.call_later(delay, callback)
+    loop = conn.loop
+    return Deadline(wheel, loop, loop.time() + delay, callback)
 
 
 def _keep_for(cluster, up):
