@@ -362,15 +362,20 @@ class Route:
         return self.destinations[0].cluster if len(self.destinations) == 1 else ""
 
     @property
-    def is_simple(self) -> bool:
-        """Matches everything and only forwards to one cluster: the data plane's fast path."""
+    def forwards_only(self) -> bool:
+        """Matches everything and forwards to one cluster as it is (with at most a timeout and
+        a retry policy): the data plane's fast path, a decision prebuilt per host."""
         return (not self.matches and len(self.destinations) == 1 and self.redirect is None
                 and self.direct_response is None and self.rewrite is None and self.fault is None
                 and not self.mirrors and self.request_headers == HeaderOps()
                 and self.response_headers == HeaderOps()
                 and self.destinations[0].request_headers == HeaderOps()
-                and self.destinations[0].response_headers == HeaderOps()
-                and not self.timeout
+                and self.destinations[0].response_headers == HeaderOps())
+
+    @property
+    def is_simple(self) -> bool:
+        """``forwards_only`` with Istio's default timeout (none) and retry policy."""
+        return (self.forwards_only and not self.timeout
                 and (self.retries == RetryPolicy() or self.retries == INBOUND_RETRY_POLICY))
 
 

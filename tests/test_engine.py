@@ -1777,58 +1777,54 @@ def test_per_try_timeout_retries_then_the_route_timeout_holds(b, make_engine):
     assert route_timer.cancelled
 
 
-def test_deadline_waits_on_the_wheel_then_arms_a_precise_loop_timer():
-    """A request timeout sits on the timing wheel (no loop timer) until one resolution plus
-    DEADLINE_MARGIN before its time, then arms ``loop.call_at`` at exactly its time. (The pure
-    build's: the compiled ``_deadline`` is a C function; the integration tests time both.)"""
-    from meshproxy._py import timers as py_timers
-    class ClockLoop:
-        def __init__(self):
-            self.t = 1000.0
-            self.at = []  # (when, callback) of every call_at
+def test_a_route_timeout_waits_on_the_wheel_then_arms_one_precise_loop_timer(b, make_engine):
+    """With a timing wheel (as the sidecar always has), a request's timeout costs no loop timer
+    until one resolution plus DEADLINE_MARGIN before it; then one ``call_at`` at exactly its
+    time. A request that ends first leaves nothing behind."""
+    import importlib
+    timers = importlib.import_module(b.stream.__name__.rsplit(".", 1)[0] + ".timers")
+    e = make_engine()
+    loop = e.loop
+    loop.t = 1000.0
+    loop.time = lambda: loop.t
 
-        def time(self):
-            return self.t
+    def call_at(when, callback, *args):
+        h = Timer(when - loop.t, callback, args)
+        h.when = when
+        loop.timers.append(h)
+        return h
 
-        def call_at(self, when, callback, *args):
-            h = Timer(when - self.t, callback, args)
-            self.at.append((when, h))
-            return h
+    loop.call_at = call_at
+    wheel = timers.TimerWheel(loop)
+    e.listener.timers = wheel
 
-    class Conn:
-        pass
+    def precise():
+        return [t for t in live_timers(e) if getattr(t, "when", None) is not None
+                and t.callback != wheel._tick]
 
-    loop = ClockLoop()
-    wheel = py_timers.TimerWheel(loop)
-    conn = Conn()
-    conn.loop, conn.wheel = loop, wheel
-    fired = []
-    d = py_stream._deadline(conn, 2.0, lambda: fired.append(loop.t))
-    assert type(d).__name__ == "Deadline"
-    ticks = [h for when, h in loop.at if h.callback == wheel._tick]
-    assert len(loop.at) == 1 and ticks, "only the wheel's own tick is on the loop"
-    margin = py_stream.DEADLINE_MARGIN
-    # tick the wheel up to just before the early point: nothing
-    while loop.t < 1002.0 - wheel.resolution - margin - 0.1:
+    def tick():
         loop.t = round(loop.t + wheel.resolution, 6)
+        (h,) = [t for t in live_timers(e) if t.callback == wheel._tick]
+        h.fired = True
         wheel._tick()
-    assert [w for w, h in loop.at if h.callback != wheel._tick] == []
-    while not [w for w, h in loop.at if h.callback != wheel._tick]:
-        loop.t = round(loop.t + wheel.resolution, 6)
-        wheel._tick()
-    ((when, h),) = [(w, h) for w, h in loop.at if h.callback != wheel._tick]
-    assert when == 1002.0 and loop.t < 1002.0
-    loop.t = when
+
+    client_t, conn = e.client()
+    conn.data_received(get("slow"))  # timeout 0.5s, no retries
+    e.loop.run()
+    assert precise() == [] and len(wheel) == 1
+    while not precise():
+        assert loop.t < 1000.5
+        tick()
+    (h,) = precise()
+    assert h.when == 1000.5 and loop.t >= 1000.5 - wheel.resolution - py_stream.DEADLINE_MARGIN
+    loop.t = 1000.5
     h.fire()
-    assert fired == [1002.0]
-    # cancelled before the early point: nothing was ever armed on the loop
-    d2 = py_stream.Deadline(wheel, loop, loop.t + 5.0, lambda: fired.append("no"))
-    d2.cancel()
-    assert not d2.timer.active() and d2.handle is None
-    # a short delay goes straight to a loop timer
-    n = len(loop.at)
-    conn2 = Conn()
-    conn2.loop, conn2.wheel = Loop(), wheel
-    short = py_stream._deadline(conn2, 0.1, lambda: None)
-    assert short in conn2.loop.timers and len(loop.at) == n
-    conn2.loop.close()
+    assert client_t.take().startswith(b"HTTP/1.1 504 ")
+    assert e.clusters[TWO].stats.snapshot()["flags"] == {"UT|504": 1}
+    # a request answered in time: its wheel timer is gone, no loop timer was ever armed
+    client_t, conn = e.client()
+    conn.data_received(get("slow"))
+    e.loop.run()
+    respond(e.loop.upstreams[-1])
+    assert client_t.take() == OK
+    assert precise() == [] and len(wheel) == 0

@@ -804,17 +804,20 @@ def build_route_context(listener, clusters, chain=None):
     for vh in listener.virtual_hosts:
         if not vh.routes:
             continue
-        if len(vh.routes) == 1 and vh.routes[0].is_simple:
+        if len(vh.routes) == 1 and vh.routes[0].forwards_only:
             # The fast path: the domain maps straight to a prebuilt decision.
             r = vh.routes[0]
             c = clusters.get(r.cluster)
+            name = "default"
+            if r.virtual_service:
+                name = r.name or "%s/%d" % (r.virtual_service, r.index)
             if c is None:
                 # Istio's run-time answer for a route to a cluster that does not exist.
-                target = Decision(A_LOCAL, None, r.cluster, "default", status=503, flags="NC")
+                target = Decision(A_LOCAL, None, r.cluster, name, status=503, flags="NC")
             else:
-                target = Decision(A_ROUTE, c, r.cluster, "default",
+                target = Decision(A_ROUTE, c, r.cluster, name,
                                   filters=chain(None, None, None) if chain is not None else None,
-                                  retry=_retry_rule(r.retries))
+                                  retry=_retry_rule(r.retries), timeout=r.timeout)
             into = hosts
         else:
             target = RouteTable(vh.name, vh.routes, clusters, chain)

@@ -113,6 +113,9 @@ cdef class Stream:
     cdef public bint retrying
     cdef public int waiting
     cdef public object timeout_timer, try_timer
+    cdef public double timeout_at, try_at, precise_at
+    cdef public CTimer timer
+    cdef public object precise
     cdef public list filters
     cdef public Py_ssize_t filter_index
     cdef public bint body_filters
@@ -142,9 +145,14 @@ cdef class Stream:
     @cython.locals(up=UpstreamConnection, pending=list, size=Py_ssize_t, replay=list)
     cpdef request_data(self, object data)
     cpdef request_end(self)
-    @cython.locals(d=CDecision)
+    @cython.locals(d=CDecision, conn=Codec, now=double)
     cpdef _arm_timeouts(self)
+    @cython.locals(conn=Codec)
     cpdef _arm_try_timer(self)
+    @cython.locals(at=double, early=double, conn=Codec, wheel=CTimerWheel)
+    cpdef _watch(self)
+    @cython.locals(now=double)
+    cpdef _on_deadline(self)
     cpdef _on_timeout(self)
     @cython.locals(up=UpstreamConnection, ep=CEndpoint)
     cpdef _on_try_timeout(self)
@@ -237,18 +245,6 @@ cdef class UpstreamConnection:
 cdef double DEADLINE_MARGIN
 
 
-@cython.final
-@cython.freelist(16)
-cdef class Deadline:
-    cdef public object loop
-    cdef public double when
-    cdef public object callback
-    cdef public object handle
-    cdef public CTimer timer
-
-
-@cython.locals(wheel=CTimerWheel, loop=object)
-cdef object _deadline(Codec conn, double delay, object callback)
 @cython.locals(idle_timeout=double, limit=Py_ssize_t, left=double)
 cdef double _keep_for(CCluster cluster, UpstreamConnection up)
 @cython.locals(pool=CPool, waiting=list, s=Stream, i=Py_ssize_t)

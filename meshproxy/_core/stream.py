@@ -77,6 +77,10 @@ W_NONE = 0
 W_CONNECT = 1  # its new connection is being established
 W_QUEUE = 2  # queued in ``Resources.waiting``: the cluster is at maxConnections
 
+#: How long before a request deadline its loop timer is armed, beyond the timing wheel's
+#: resolution (the wheel fires up to one resolution late, never early).
+DEADLINE_MARGIN = 0.05
+
 # Response framing.
 RF_NONE = 0  # no body (HEAD, 1xx, 204, 304)
 RF_LENGTH = 1
@@ -272,6 +276,11 @@ class Stream:
         self.waiting = W_NONE
         self.timeout_timer = None
         self.try_timer = None
+        self.timeout_at = 0.0
+        self.try_at = 0.0
+        self.timer = None
+        self.precise = None
+        self.precise_at = 0.0
         self.filters = None
         self.filter_index = 0
         self.body_filters = False
@@ -493,15 +502,88 @@ class Stream:
         """The request is complete: the route's timeout starts (Envoy's), and the per-try
         timeout of the attempt in flight."""
         d = self.decision
+        conn = self.conn
+        if conn.wheel is not None:
+            if d.timeout > 0.0 or self.rule.per_try_timeout > 0.0:
+                now = conn.loop.time()
+                if d.timeout > 0.0 and self.timeout_at == 0.0:
+                    self.timeout_at = now + d.timeout
+                if self.rule.per_try_timeout > 0.0:
+                    self.try_at = now + self.rule.per_try_timeout
+                self._watch()
+            return
         if d.timeout > 0.0 and self.timeout_timer is None:
-            self.timeout_timer = _deadline(self.conn, d.timeout, self._on_timeout)
+            self.timeout_timer = conn.loop.call_later(d.timeout, self._on_timeout)
         if self.rule.per_try_timeout > 0.0:
             self._arm_try_timer()
 
     def _arm_try_timer(self):
+        conn = self.conn
+        if conn.wheel is not None:
+            self.try_at = conn.loop.time() + self.rule.per_try_timeout
+            self._watch()
+            return
         if self.try_timer is not None:
             self.try_timer.cancel()
-        self.try_timer = _deadline(self.conn, self.rule.per_try_timeout, self._on_try_timeout)
+        self.try_timer = conn.loop.call_later(self.rule.per_try_timeout, self._on_try_timeout)
+
+    # Request timeouts on the codec's timing wheel (the sidecar always has one): the stream
+    # keeps the route's and the attempt's deadlines (``timeout_at``, ``try_at``, loop time) and
+    # one wheel ``Timer`` set one resolution plus DEADLINE_MARGIN before the nearer one; only
+    # then is a loop timer (``precise``) armed for the exact time. Most requests end long before:
+    # a timeout costs them one wheel insert and discard, not a loop timer (a uvloop timer armed
+    # and cancelled per request costs about five times as much). Without a wheel (the engine's
+    # unit tests) each timeout is a loop timer of its own.
+
+    def _watch(self):
+        """Watch the nearer deadline: on the wheel until it is near, then precisely."""
+        at = self.timeout_at
+        if self.try_at > 0.0 and (at == 0.0 or self.try_at < at):
+            at = self.try_at
+        if self.precise is not None:
+            if self.precise_at == at:
+                return
+            self.precise.cancel()
+            self.precise = None
+        if at == 0.0:
+            if self.timer is not None:
+                self.timer.cancel()
+            return
+        conn = self.conn
+        wheel = conn.wheel
+        early = at - wheel.resolution - DEADLINE_MARGIN
+        if early <= wheel.now:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.precise_at = at
+            self.precise = conn.loop.call_at(at, self._on_deadline)
+            return
+        if self.timer is None:
+            self.timer = Timer(wheel, self)
+        wheel.arm(self.timer, early)
+
+    def on_timer(self, now):
+        """The timing wheel: a deadline is near."""
+        if self.state != S_DONE:
+            self._watch()
+
+    def _on_deadline(self):
+        """A deadline's loop timer: the route's timeout wins over the attempt's."""
+        self.precise = None
+        if self.state == S_DONE:
+            return
+        now = self.conn.loop.time() + 0.001  # libuv counts whole milliseconds
+        if self.timeout_at > 0.0 and now >= self.timeout_at:
+            self.timeout_at = 0.0
+            self.try_at = 0.0
+            self._timed_out()
+            return
+        if self.try_at > 0.0 and now >= self.try_at:
+            self.try_at = 0.0
+            self._on_try_timeout()  # may retry, which sets the next attempt's deadline
+            if self.state == S_DONE:
+                return
+        self._watch()
 
     def _on_timeout(self):
         """The route's timeout: 504 UT (or, with the response under way, a reset)."""
@@ -858,6 +940,9 @@ class Stream:
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
+        if self.try_at > 0.0:
+            self.try_at = 0.0  # (the route's timeout, if any, is still watched)
+            self._watch()
         self.resp_started = True
         self.status = resp.status
         if self.filters is not None:
@@ -971,6 +1056,11 @@ class Stream:
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.precise is not None:
+            self.precise.cancel()
+            self.precise = None
         if self.waiting:
             self._stop_waiting()
         if self.retrying:
@@ -1360,50 +1450,6 @@ class UpstreamConnection:
         s = self.stream
         if s is not None:
             s.conn.resume_reading(PAUSE_UPSTREAM_FULL)
-
-
-#: How long before its time a ``Deadline`` leaves the timing wheel for a loop timer, beyond the
-#: wheel's resolution (the wheel fires up to one resolution late, never early).
-DEADLINE_MARGIN = 0.05
-
-
-class Deadline:
-    """A request timeout (route ``timeout``, ``perTryTimeout``) that fires within a millisecond
-    or two of its time but costs a loop timer only when that time is near.
-
-    It waits on the listener's timing wheel (a set insert and discard: most requests end long
-    before) until one wheel resolution plus ``DEADLINE_MARGIN`` before ``when``, then arms
-    ``loop.call_at(when)``. A uvloop timer armed and cancelled per request costs about five times
-    as much as the wheel.
-    """
-
-    def __init__(self, wheel, loop, when, callback):
-        self.loop = loop
-        self.when = when
-        self.callback = callback
-        self.handle = None
-        self.timer = Timer(wheel, self)
-        wheel.arm(self.timer, when - wheel.resolution - DEADLINE_MARGIN)
-
-    def on_timer(self, now):
-        """The wheel: the time is near."""
-        self.handle = self.loop.call_at(self.when, self.callback)
-
-    def cancel(self):
-        self.timer.cancel()
-        if self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
-
-
-def _deadline(conn, delay, callback):
-    """A timer calling ``callback`` in ``delay`` s: a ``Deadline`` on the codec's timing wheel,
-    or a loop timer when the delay is shorter than the wheel can wait (or there is no wheel)."""
-    wheel = conn.wheel
-    if wheel is None or delay <= wheel.resolution + DEADLINE_MARGIN:
-        return conn.loop.call_later(delay, callback)
-    loop = conn.loop
-    return Deadline(wheel, loop, loop.time() + delay, callback)
 
 
 def _keep_for(cluster, up):
