@@ -718,6 +718,10 @@ class Stream:
             return
         self.waiting = W_NONE
         self.cluster.stats.pending_end()
+        self._send_pending(up)
+
+    def _send_pending(self, up):
+        """Carry on over the pooled connection ``up``: what waited in ``pending`` goes out."""
         up.attach(self, True)
         self.upstream = up
         if self.conn.write_paused:
@@ -906,15 +910,7 @@ class Stream:
             self._arm_try_timer()
         up = ep.pool.acquire()
         if up is not None:
-            up.attach(self, True)
-            self.upstream = up
-            if self.conn.write_paused:
-                up.pause(1)
-            pending = self.pending
-            self.pending = None
-            if pending:
-                up.tx(b"".join(pending))
-            self.conn.resume_reading(PAUSE_PENDING)
+            self._send_pending(up)
         else:
             self._connect_or_queue(ep)
 
