@@ -35,7 +35,7 @@ from control.config.validate import inbound_port_annotation, selected_workloads
 from control.errors import ConfigError, ConfigIssue
 from control.locality import prioritise
 from control.policy import traffic_policy
-from control.snapshot import (DEFAULT_RETRY_ON, INBOUND_RETRY_POLICY, Bootstrap, Cluster, Destination, DirectResponse,
+from control.snapshot import (DEFAULT_RETRY_ON, INBOUND_RETRY_POLICY, Bootstrap, CertificateFiles, Cluster, Destination, DirectResponse,
                               Endpoint, Fault, HeaderMatch, HeaderOps, HealthCheck, Limits, Listener, Mirror,
                               QueryMatch, Redirect, RetryPolicy, Rewrite, Route, RouteMatch,
                               Snapshot, StringMatch, VirtualHost, Workload, content_version)
@@ -114,6 +114,7 @@ def compile_snapshot(cfg: LoadedConfig, workload: Optional[str] = None,
     in_targets: set = set()
     index = TrafficIndex(cfg.resources)
     outbound = _Outbound(index, entries, peer_inbound_port, timeouts, clusters, warnings, wl)
+    outbound.trust_domain = bootstrap.trust_domain
     for se in services:
         ports = se.spec["ports"]
         for p in ports:
@@ -234,6 +235,7 @@ class _Outbound:
         self.timeouts, self.clusters, self.warnings = timeouts, clusters, warnings
         self.workload = workload  # this sidecar's: endpoint priorities follow its locality
         self.warned: set = set()
+        self.trust_domain = "cluster.local"  # of the SPIFFE IDs sidecar endpoints must present
 
     # --- clusters -------------------------------------------------------------------------------------
 
@@ -252,7 +254,8 @@ class _Outbound:
             want = subset_spec["labels"].items()
             sources = [s for s in sources if want <= s[0].get("labels", {}).items()]
         resolution = se.spec["resolution"]
-        endpoints = _endpoints(sources, p, self.peer_inbound_port) if resolution != "NONE" else ()
+        endpoints = _endpoints(sources, p, self.peer_inbound_port, self.trust_domain,
+                               se.namespace) if resolution != "NONE" else ()
         dns_hosts: tuple = ()
         if resolution in ("DNS", "DNS_ROUND_ROBIN"):
             if "endpoints" in se.spec or "workloadSelector" in se.spec:
@@ -422,7 +425,8 @@ def _endpoint_sources(se: Resource, selected: list) -> list:
     return [(w.spec, f"{w.namespace}/{w.name}", w.annotations) for w in selected]
 
 
-def _endpoints(sources: list, port: dict, peer_inbound_port: int) -> tuple:
+def _endpoints(sources: list, port: dict, peer_inbound_port: int, trust_domain: str = "cluster.local",
+               namespace: str = "default") -> tuple:
     out = []
     for ep, workload, ann in sources:
         weight = ep.get("weight", 1)
@@ -432,10 +436,15 @@ def _endpoints(sources: list, port: dict, peer_inbound_port: int) -> tuple:
         labels = ep.get("labels", {})
         sidecar = labels.get(TLS_MODE_LABEL) == "istio"
         dial = target
+        identity = ""
         if sidecar:
             dial = inbound_port_annotation(ann.get(INBOUND_PORT_ANNOTATION, "")) or peer_inbound_port
+            # Istio: a workload's identity is its namespace and service account ("default")
+            ns = workload.split("/", 1)[0] if workload else namespace
+            identity = f"spiffe://{trust_domain}/ns/{ns}/sa/{ep.get('serviceAccount') or 'default'}"
         out.append(Endpoint(address=ep["address"], port=dial, target_port=target, labels=dict(labels),
-                            weight=weight, locality=ep.get("locality", ""), workload=workload, sidecar=sidecar))
+                            weight=weight, locality=ep.get("locality", ""), workload=workload, sidecar=sidecar,
+                            identity=identity))
     out.sort(key=lambda e: (e.address, e.port, e.target_port, e.workload))
     return tuple(out)
 
@@ -593,6 +602,10 @@ def _bootstrap(spec: dict, raw: dict) -> Bootstrap:
         kw["inbound_port"] = spec["inbound"]["port"]
     if "dnsServers" in spec:
         kw["dns_servers"] = tuple(spec["dnsServers"])
+    if "certificates" in spec:
+        c = spec["certificates"]
+        kw["certificates"] = CertificateFiles(c["certificateChain"], c["privateKey"],
+                                              c["caCertificates"])
     pn = spec.get("pathNormalization", {}).get("normalization")
     if pn is not None:
         kw["path_normalization"] = "BASE" if pn == "DEFAULT" else pn

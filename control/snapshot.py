@@ -66,6 +66,9 @@ class Endpoint:
     hostname: str = ""  # DNS resolution: the name this address was resolved from
     priority: int = 0  # locality priority: 0 = the sidecar's own locality, higher = failover
     config_weight: int = 0  # the configured weight; 0: the same as weight
+    # A sidecar endpoint's SPIFFE ID (spiffe://<trust domain>/ns/<ns>/sa/<serviceAccount>): what
+    # its certificate must say when this sidecar dials it with mutual TLS; "" for others.
+    identity: str = ""
 
     def __post_init__(self):
         if not self.config_weight:
@@ -412,6 +415,16 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class CertificateFiles:
+    """The sidecar's workload certificate (a SPIFFE X.509-SVID chain), its key and the mesh's
+    trust roots, as PEM files (Envoy's file-based secrets)."""
+
+    certificate_chain: str
+    private_key: str
+    ca_certificates: str
+
+
+@dataclass(frozen=True)
 class Bootstrap:
     """What Istio keeps outside the CRDs (MeshConfig / ProxyConfig), for this sidecar."""
 
@@ -433,6 +446,9 @@ class Bootstrap:
     # NONE | BASE | MERGE_SLASHES | DECODE_AND_MERGE_SLASHES (MeshConfig.pathNormalization)
     path_normalization: str = "BASE"
     limits: Limits = field(default_factory=Limits)
+    # None: no certificate, plaintext between sidecars. Set: mutual TLS to every endpoint that
+    # has a sidecar (Istio's auto mTLS) and TLS or plaintext accepted inbound (PERMISSIVE).
+    certificates: Optional[CertificateFiles] = None
 
 
 @dataclass(frozen=True)

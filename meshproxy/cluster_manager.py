@@ -59,6 +59,7 @@ class ClusterManager:
         self.resolver = None
         self._dns_task = None
         self._closing = False
+        self.tls = None  # meshproxy.tls.TlsConfig when the sidecar has certificates (auto mTLS)
         self.checker = None  # control.health.HealthChecker, made when a cluster is health-checked
         self.hc_targets: dict = {}  # Target -> [cluster name]
 
@@ -71,17 +72,26 @@ class ClusterManager:
         pool = self.pools.get(key)
         if pool is None:
             pool = self.pools[key] = cl.Pool(key)
+            if transport.startswith(cl.TRANSPORT_ISTIO_MUTUAL):
+                pool.ssl = self.tls.client
+                pool.identity = transport.split("|", 1)[1]
         return pool
 
-    def endpoint(self, cluster_name: str, address: str, port: int, scope: str = ""):
+    def endpoint(self, cluster_name: str, address: str, port: int, scope: str = "",
+                 identity: str = ""):
         """The cluster's endpoint for ``address:port`` (kept across reloads), on the shared pool
-        or, with ``scope``, on a pool of the cluster's own."""
+        or, with ``scope``, on a pool of the cluster's own. ``identity``: the SPIFFE ID of a
+        sidecar endpoint: with certificates, it is dialled with mutual TLS and must present it."""
+        transport = cl.TRANSPORT_PLAINTEXT
+        if identity and self.tls is not None:
+            transport = f"{cl.TRANSPORT_ISTIO_MUTUAL}|{identity}"
         key = (cluster_name, address, port)
         ep = self.endpoints.get(key)
         if ep is None:
-            ep = self.endpoints[key] = cl.Endpoint(address, port, self.pool_for(address, port, scope=scope))
-        elif ep.pool.key[4] != scope:
-            ep.pool = self.pool_for(address, port, scope=scope)
+            ep = self.endpoints[key] = cl.Endpoint(address, port, self.pool_for(
+                address, port, transport, scope=scope))
+        elif ep.pool.key[4] != scope or ep.pool.key[2] != transport:
+            ep.pool = self.pool_for(address, port, transport, scope=scope)
         return ep
 
     def build(self, snap) -> dict:
@@ -112,7 +122,7 @@ class ClusterManager:
                     od.split_external_local_origin_errors, od.interval, od.base_ejection_time,
                     od.max_ejection_time, float(od.max_ejection_percent))
                 cluster.panic_threshold = float(od.min_health_percent)
-            eps = [self.endpoint(c.name, e.address, e.port, scope) for e in c.endpoints]
+            eps = [self.endpoint(c.name, e.address, e.port, scope, e.identity) for e in c.endpoints]
             # Weights and priorities (locality failover) were computed by control.
             cluster.set_endpoints(eps, [e.weight for e in c.endpoints],
                                   [e.priority for e in c.endpoints])

@@ -15,7 +15,7 @@ import time
 from typing import Optional
 
 from control.snapshot import Snapshot
-from meshproxy import __version__
+from meshproxy import __version__, tls
 from meshproxy.cluster_manager import ClusterManager
 from meshproxy.core import COMPILED, counters, http1conn, pathnorm, router, stream, timers
 from meshproxy.filters import build_chain
@@ -68,6 +68,8 @@ class Sidecar:
         """
         b = snap.bootstrap
         access_log = self._access_log_for(b)
+        tls_config = self._tls_for(b)
+        self.cm.tls = tls_config
         clusters = self.cm.build(snap)
 
         def chain(route, request_edit, response_edit):
@@ -90,13 +92,21 @@ class Sidecar:
         try:
             for lst in snap.listeners:
                 addr = (lst.address, lst.port)
-                if self.bound.get(lst.name) == addr and lst.name in self.listeners:
+                # Inbound with certificates: TLS and plaintext on one port (PERMISSIVE).
+                mtls = tls_config is not None and lst.direction == "inbound"
+                if (self.bound.get(lst.name) == addr and lst.name in self.listeners
+                        and (self.listeners[lst.name].tls_id is not None) == mtls):
                     continue
                 listener = http1conn.Listener(contexts[lst.name], self.loop, self.timers)
                 listener.configure(b.limits)
-                server = await self.loop.create_server(
-                    listener.protocol_factory, lst.address, lst.port,
-                    reuse_port=self.reuse_port or None, backlog=2048)
+                if mtls:
+                    listener.tls_id = tls_config.spiffe_id
+                    server = tls.PermissiveServer(self.loop, listener.protocol_factory, lst.address,
+                                                  lst.port, tls_config.server, self.reuse_port)
+                else:
+                    server = await self.loop.create_server(
+                        listener.protocol_factory, lst.address, lst.port,
+                        reuse_port=self.reuse_port or None, backlog=2048)
                 listener.server = server
                 new_servers[lst.name] = (listener, addr)
         except OSError:
@@ -122,6 +132,39 @@ class Sidecar:
             self.state = "LIVE"
             self._tick()
 
+    def _tls_for(self, b):
+        """The TlsConfig of the Bootstrap's certificates (kept while the files do not change)."""
+        c = b.certificates
+        if c is None:
+            return None
+        paths = (c.certificate_chain, c.private_key, c.ca_certificates)
+        cur = self.cm.tls
+        if cur is not None and cur.paths == paths and cur.stamp == tls.files_stamp(paths):
+            return cur
+        return tls.TlsConfig(*paths)
+
+    def _check_certificates(self) -> None:
+        """Rotation: certificate files rewritten (``meshproxy ca issue`` again, cert-manager...)
+        are loaded for new connections; established ones keep theirs, nothing is dropped."""
+        cur = self.cm.tls
+        if cur is None or cur.stamp == tls.files_stamp(cur.paths):
+            return
+        try:
+            new = tls.TlsConfig(*cur.paths)
+        except tls.TlsError as e:
+            log.warning("certificates changed but cannot be used (keeping the loaded ones): %s", e)
+            cur.stamp = tls.files_stamp(cur.paths)  # (tried: wait for the next change)
+            return
+        self.cm.tls = new
+        for pool in self.cm.pools.values():
+            if pool.ssl is not None:
+                pool.ssl = new.client
+        for listener in self.listeners.values():
+            if listener.tls_id is not None:
+                listener.tls_id = new.spiffe_id
+                listener.server.ctx = new.server
+        log.info("certificates reloaded: %s", new.spiffe_id)
+
     def _access_log_for(self, b):
         key = (b.access_log_file, b.access_log_encoding, b.access_log_format)
         if not b.access_log_file:
@@ -143,6 +186,8 @@ class Sidecar:
         """Once a second: the Date header, idle-connection expiry, access-log flush."""
         stream.set_date(http_date())
         self.cm.tick(time.monotonic())
+        if self.cm.tls is not None:
+            self._check_certificates()
         if self.access_log is not None:
             self.access_log.flush()
         self._tick_handle = self.loop.call_later(1.0, self._tick)

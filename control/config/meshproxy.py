@@ -78,6 +78,13 @@ BOOTSTRAP = Struct({
         "perConnectionBufferLimitBytes": Field(Int(16384, 1 << 30)),
         "maxDownstreamConnections": Field(Int(0, 1 << 24), doc="per listener and worker; 0 = no limit"),
     })),
+    "certificates": Field(Struct({
+        "certificateChain": Field(Str(), required=True,
+                                  doc="PEM: this workload's SPIFFE X.509-SVID, then its issuers"),
+        "privateKey": Field(Str(), required=True, doc="PEM: the certificate's private key"),
+        "caCertificates": Field(Str(), required=True, doc="PEM: the mesh's trust roots"),
+    }), doc="mutual TLS between sidecars (files as Envoy's file-based secrets; `meshproxy ca "
+            "issue` makes them)"),
     "upstream": Field(Struct({
         "connectTimeout": Field(Duration(positive=True)),
         "idleTimeout": Field(Duration(positive=True)),

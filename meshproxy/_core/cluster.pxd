@@ -35,6 +35,8 @@ cdef class Pool:
     cdef public str host
     cdef public list idle
     cdef public Py_ssize_t cx_active, cx_total
+    cdef public object ssl
+    cdef public object identity
 
     cpdef object acquire(self)
     cpdef release(self, object up, Py_ssize_t max_idle, double idle_timeout)

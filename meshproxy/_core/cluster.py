@@ -82,6 +82,8 @@ CONNECT_FAILURE_EJECTION = 5.0
 
 #: The transport of a plaintext pool key.
 TRANSPORT_PLAINTEXT = "plaintext"
+#: The transport of a pool key for Istio's mutual TLS (followed by ``|`` and the peer's identity).
+TRANSPORT_ISTIO_MUTUAL = "istio_mutual"
 #: The protocol of an HTTP/1.1 pool key.
 PROTOCOL_HTTP1 = "http/1.1"
 
@@ -118,6 +120,10 @@ class Pool:
         self.idle = []
         self.cx_active = 0
         self.cx_total = 0
+        # Mutual TLS (the transport is not plaintext): the client context, and the SPIFFE ID
+        # the server's certificate must carry (checked once per connection).
+        self.ssl = None
+        self.identity = None
 
     def acquire(self):
         """An idle connection (most recently used first), or None."""

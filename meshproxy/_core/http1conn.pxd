@@ -26,6 +26,7 @@ cdef class Listener:
     cdef public TimerWheel timers
     cdef public double head_timeout, idle_timeout, stream_idle_timeout
     cdef public Py_ssize_t buffer_limit, max_connections
+    cdef public object tls_id
 
 
 @cython.final

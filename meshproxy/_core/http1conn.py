@@ -74,6 +74,7 @@ class Listener:
         self.stream_idle_timeout = 0.0
         self.buffer_limit = 0  # bytes of client transport write buffer; 0 = transport default
         self.max_connections = 0  # 0 = no limit
+        self.tls_id = None  # this sidecar's SPIFFE ID when the listener takes mutual TLS
 
     def configure(self, limits):
         """Take the timeouts and limits of a Bootstrap ``Limits`` (new connections get the new
@@ -150,6 +151,13 @@ class Http1Connection(Codec):
         host = peer[0] if peer else "unknown"
         self.client_addr = host.encode()
         self.xf_lines = b"x-forwarded-proto: http\r\nx-forwarded-for: " + self.client_addr + b"\r\n"
+        if listener.tls_id is not None:
+            # (cold: once per connection, on listeners that take mutual TLS)
+            from meshproxy import tls
+            pc = tls.peer_cert(transport.get_extra_info("ssl_object"))
+            if pc is not None:
+                self.peer_principal = pc.spiffe_id
+                self.xfcc = tls.xfcc_line(listener.tls_id, pc)
         if listener.draining:
             transport.close()
 

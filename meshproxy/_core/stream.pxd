@@ -56,6 +56,7 @@ cdef class Codec:
     cdef public bytes xf_lines
     cdef public bint write_paused
     cdef public object wheel
+    cdef public object peer_principal, xfcc
 
     cpdef send_response_head(self, Stream s, CResponseParser resp, bytes extra, Py_ssize_t k,
                              bint delimited)

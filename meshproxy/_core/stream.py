@@ -102,6 +102,7 @@ BODY_PROTOCOL_ERROR = b"upstream sent an invalid HTTP response"
 BODY_TIMEOUT = b"upstream request timeout"
 BODY_OVERFLOW = (b"upstream connect error or disconnect/reset before headers. "
                  b"reset reason: overflow")
+XFCC_DROP = (b"x-forwarded-client-cert",)
 #: Envoy's header on a local reply caused by a circuit breaker.
 OVERLOADED = b"x-envoy-overloaded: true\r\n"
 
@@ -146,6 +147,8 @@ class Codec:
         self.xf_lines = b""
         self.write_paused = False
         self.wheel = None  # the listener's timers.TimerWheel (None: request timeouts use loop timers)
+        self.peer_principal = None  # the client's SPIFFE ID (mutual TLS), else None
+        self.xfcc = None  # its x-forwarded-client-cert line (mutual TLS), else None
 
     def send_response_head(self, s, resp, extra, k, delimited):
         """Encode the upstream's response head ``resp`` (plus ``extra`` header lines, minus
@@ -417,9 +420,14 @@ class Stream:
         if p.version == 0 and p.upgrade is None:
             # Keep the upstream connection reusable for HTTP/1.0 clients too.
             extra = extra + b"connection: keep-alive\r\n"
-        if self.req_drop is None:
+        drop = self.req_drop
+        if conn.xfcc is not None:
+            # A mutual-TLS client: Envoy's x-forwarded-client-cert, the client's own replaced.
+            extra = extra + conn.xfcc
+            drop = XFCC_DROP if drop is None else tuple(drop) + XFCC_DROP
+        if drop is None:
             return p.serialize(extra + self.req_extra, self.path)
-        return p.serialize(extra + self.req_extra, self.path, self.req_drop)
+        return p.serialize(extra + self.req_extra, self.path, drop)
 
     def _lb_context(self, cluster):
         lb = self.lb
@@ -1178,8 +1186,15 @@ class UpstreamConnection:
         pool = self.pool
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(loop.create_connection(self._self, pool.address, pool.port),
-                                   timeout)
+            if pool.ssl is None:
+                await asyncio.wait_for(loop.create_connection(self._self, pool.address, pool.port),
+                                       timeout)
+            else:
+                # Mutual TLS to another sidecar: the handshake is part of connecting (a bad
+                # certificate on either side is a connect failure, UF); the peer's identity is
+                # checked in connection_made.
+                await asyncio.wait_for(loop.create_connection(self._self, pool.address, pool.port,
+                                                              ssl=pool.ssl), timeout)
         except (OSError, asyncio.TimeoutError) as e:
             self.closed = True
             self.stats.cx_fail()
@@ -1237,6 +1252,16 @@ class UpstreamConnection:
         self.stats.cx_open()
         if self.closed:
             transport.close()
+            return
+        if self.pool.identity is not None and not _peer_ok(self.pool, transport):
+            # Not the workload this endpoint must be: as a failed connect (UF), never used.
+            self.closed = True
+            self.stats.cx_fail()
+            transport.close()
+            s = self.stream
+            if s is not None:
+                self.stream = None
+                s.on_upstream_failed(self, False)
             return
         if self.paused:
             # Paused while connecting (the client's transport was full): start paused.
@@ -1446,6 +1471,19 @@ class UpstreamConnection:
         s = self.stream
         if s is not None:
             s.conn.resume_reading(PAUSE_UPSTREAM_FULL)
+
+
+def _peer_ok(pool, transport):
+    """Does the TLS peer of a new connection carry the SPIFFE ID its endpoint must have?"""
+    from meshproxy import tls
+    got = tls.peer_id(transport.get_extra_info("ssl_object"))
+    if got == pool.identity:
+        return True
+    import logging
+    logging.getLogger("meshproxy").warning(
+        "mtls: %s presented %s, expected %s: connection refused", pool.host, got or "no SPIFFE ID",
+        pool.identity)
+    return False
 
 
 def _keep_for(cluster, up):
