@@ -121,7 +121,7 @@ A CA directory holds ca-cert.pem, ca-key.pem (mode 0600), root-cert.pem and cert
 
 def _ca_parser(sub) -> None:
     ca = sub.add_parser(
-        "ca", help="mesh certificates: make a CA, issue and inspect workload certificates",
+        "ca", help="mesh CA and workload certificates (init, issue, inspect)",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CA_EPILOG,
         description="A development CA for the mesh: a root (or an intermediate under your root) "
                     "and short-lived SPIFFE workload certificates (X.509-SVIDs).")
