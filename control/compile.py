@@ -577,7 +577,7 @@ def _bootstrap(spec: dict, raw: dict) -> Bootstrap:
     b = Bootstrap()
     kw: dict = {}
     table = {
-        "trustDomain": "trust_domain", "prometheusPort": "prometheus_port", "statusPort": "status_port",
+        "trustDomain": "trust_domain", "rootNamespace": "root_namespace", "prometheusPort": "prometheus_port", "statusPort": "status_port",
         "concurrency": "concurrency", "drainDuration": "drain_duration", "accessLogFile": "access_log_file",
         "exitOnZeroActiveConnections": "exit_on_zero_active_connections",
         "accessLogEncoding": "access_log_encoding", "accessLogFormat": "access_log_format",

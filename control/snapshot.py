@@ -416,6 +416,7 @@ class Bootstrap:
     """What Istio keeps outside the CRDs (MeshConfig / ProxyConfig), for this sidecar."""
 
     trust_domain: str = "cluster.local"
+    root_namespace: str = "istio-system"  # Istio meshConfig.rootNamespace (mesh-wide policies)
     admin_address: str = "127.0.0.1"
     admin_port: int = 15000
     outbound_address: str = "127.0.0.1"
