@@ -415,3 +415,27 @@ def test_denial_is_logged_with_policy_and_rule(b, make_engine, tmp_path, caplog)
     with caplog.at_level("INFO", logger="meshproxy.rbac"):
         send(e, b"GET /x HTTP/1.1\r\nHost: web\r\n\r\n")
     assert "DENY policy prod/d rule[0]" in caplog.text
+
+
+# --- meshproxy explain --------------------------------------------------------------------------------
+
+def test_explain_shows_policies_and_decision(tmp_path):
+    from meshproxy.explain import explain
+    cfg = load(tmp_path, MESH + policy("public", "rules: [{to: [{operation: {paths: ['/public/*']}}]}]",
+                                       namespace="prod")
+               + policy("no-admin", "action: DENY\nrules: [{to: [{operation: {paths: ['/admin']}}]}]",
+                        namespace="prod"))
+    snap = compile_snapshot(cfg, workload="prod/server")
+    lines, summary = explain(snap, "GET", "http://echo.prod.svc.cluster.local/public/../admin", [], inbound=True)
+    text = "\n".join(lines)
+    assert summary == {"status": 403, "authz": "rbac_access_denied_matched_policy[ns[prod]-policy[no-admin]-rule[0]]"}
+    assert "AuthorizationPolicies: prod/no-admin (DENY, namespace), prod/public (ALLOW, namespace)" in text
+    assert "result    denied by DENY policy prod/no-admin rule[0]: 403 RBAC: access denied" in text
+    lines, summary = explain(snap, "GET", "http://echo.prod.svc.cluster.local/other", [], inbound=True)
+    assert summary["status"] == 403 and "denied: no ALLOW policy matched" in "\n".join(lines)
+    assert "prod/public rule[0]: to[0].operation.paths does not match" in "\n".join(lines)
+    lines, summary = explain(snap, "GET", "http://echo.prod.svc.cluster.local/public/x", [], inbound=True)
+    assert summary["status"] is None and "authz     allowed by prod/public rule[0]" in lines
+    # the outbound listener has no policies
+    lines, _ = explain(snap, "GET", "http://echo.prod.svc.cluster.local/admin", [])
+    assert not any(ln.startswith("authz") for ln in lines)
