@@ -128,8 +128,9 @@ def _service_accounts(value: dict, path: str, rep: Reporter) -> None:
             if sa.count("/") != 1 or not all(sa.split("/")):
                 rep.issue(f"{join(path, key)}[{i}]", f'"{sa}" is not a service account ("namespace/name")')
     for key in ("serviceAccounts", "notServiceAccounts"):
-        if key in value and ("principals" in value or "notPrincipals" in value):
-            rep.issue(join(path, key), "cannot be set with principals or notPrincipals")
+        if key in value and any(k in value for k in ("principals", "notPrincipals", "namespaces",
+                                                      "notNamespaces")):
+            rep.issue(join(path, key), "cannot be set with principals or namespaces (or their not* forms)")
             return
 
 
