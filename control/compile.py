@@ -35,7 +35,8 @@ from control.config.validate import inbound_port_annotation, selected_workloads
 from control.errors import ConfigError, ConfigIssue
 from control.locality import prioritise
 from control.policy import traffic_policy
-from control.snapshot import (DEFAULT_RETRY_ON, INBOUND_RETRY_POLICY, Bootstrap, CertificateFiles, Cluster, Destination, DirectResponse,
+from control.snapshot import (DEFAULT_RETRY_ON, INBOUND_RETRY_POLICY, AuthzMatch, AuthzPolicy, AuthzRule, Bootstrap,
+                              CertificateFiles, Cluster, Destination, DirectResponse,
                               Endpoint, Fault, HeaderMatch, HeaderOps, HealthCheck, Limits, Listener, Mirror,
                               QueryMatch, Redirect, RetryPolicy, Rewrite, Route, RouteMatch,
                               Snapshot, StringMatch, VirtualHost, Workload, content_version)
@@ -151,7 +152,8 @@ def compile_snapshot(cfg: LoadedConfig, workload: Optional[str] = None,
     if wl is not None:
         default = f"inbound|{next(iter(in_targets))}||" if len(in_targets) == 1 else None
         listeners.append(Listener("virtualInbound", "inbound", wl.address, bootstrap.inbound_port,
-                                  _dedupe_domains(in_vhosts, "virtualInbound", warnings), default))
+                                  _dedupe_domains(in_vhosts, "virtualInbound", warnings), default,
+                                  authorization=authorization_policies(cfg, wl, bootstrap.root_namespace)))
         wl = dataclasses.replace(wl, ports={**_resolved_ports(services, entries, wl_res, wl), **wl.ports})
 
     hc_issues = _attach_health_checks(cfg, index, clusters)
@@ -169,6 +171,55 @@ def compile_snapshot(cfg: LoadedConfig, workload: Optional[str] = None,
         warnings=tuple(str(w) for w in warnings),
         sources=tuple(cfg.files),
     )
+
+
+# --- AuthorizationPolicy (inbound) ----------------------------------------------------------------
+
+#: AuthorizationPolicy source / operation fields -> Istio's attribute names.
+SOURCE_KEYS = {"principals": "source.principal", "requestPrincipals": "request.auth.principal",
+               "namespaces": "source.namespace", "ipBlocks": "source.ip", "remoteIpBlocks": "remote.ip",
+               "serviceAccounts": "source.serviceAccount", "trustDomains": "source.trustDomain"}
+OPERATION_KEYS = {"hosts": "request.host", "ports": "destination.port", "methods": "request.method",
+                  "paths": "request.path"}
+
+
+def authorization_policies(cfg: LoadedConfig, wl: Workload, root_namespace: str) -> tuple:
+    """The AuthorizationPolicies that apply to workload ``wl``, as Istio selects them: those of
+    the root namespace (mesh-wide) and of the workload's namespace, narrowed by
+    ``selector.matchLabels`` (a subset of the workload's labels)."""
+    out = []
+    for r in sorted(cfg.of_kind("AuthorizationPolicy"), key=lambda r: (r.namespace, r.name)):
+        if r.namespace not in (root_namespace, wl.namespace):
+            continue
+        want = r.spec.get("selector", {}).get("matchLabels", {})
+        if not want.items() <= wl.labels.items():
+            continue
+        scope = "selector" if want else ("mesh" if r.namespace == root_namespace else "namespace")
+        out.append(AuthzPolicy(f"{r.namespace}/{r.name}", r.spec.get("action", "ALLOW"),
+                               tuple(_authz_rule(rule) for rule in r.spec.get("rules", ())), scope))
+    return tuple(out)
+
+
+def _authz_fields(spec: dict, keys: dict, where: str) -> tuple:
+    out = []
+    for name, key in keys.items():
+        for field_name, negate in ((name, False), ("not" + name[0].upper() + name[1:], True)):
+            if spec.get(field_name):
+                out.append(AuthzMatch(key, tuple(spec[field_name]), negate, f"{where}.{field_name}"))
+    return tuple(out)
+
+
+def _authz_rule(rule: dict) -> AuthzRule:
+    sources = tuple(_authz_fields(f["source"], SOURCE_KEYS, f"from[{i}].source")
+                    for i, f in enumerate(rule.get("from", ())))
+    operations = tuple(_authz_fields(t["operation"], OPERATION_KEYS, f"to[{i}].operation")
+                       for i, t in enumerate(rule.get("to", ())))
+    conditions = []
+    for i, w in enumerate(rule.get("when", ())):
+        for field_name, negate in (("values", False), ("notValues", True)):
+            if w.get(field_name):
+                conditions.append(AuthzMatch(w["key"], tuple(w[field_name]), negate, f"when[{i}].{field_name}"))
+    return AuthzRule(sources, operations, tuple(conditions))
 
 
 # --- Domains ------------------------------------------------------------------------------------------
@@ -586,7 +637,7 @@ def _bootstrap(spec: dict, raw: dict) -> Bootstrap:
     b = Bootstrap()
     kw: dict = {}
     table = {
-        "trustDomain": "trust_domain", "prometheusPort": "prometheus_port", "statusPort": "status_port",
+        "trustDomain": "trust_domain", "rootNamespace": "root_namespace", "prometheusPort": "prometheus_port", "statusPort": "status_port",
         "concurrency": "concurrency", "drainDuration": "drain_duration", "accessLogFile": "access_log_file",
         "exitOnZeroActiveConnections": "exit_on_zero_active_connections",
         "accessLogEncoding": "access_log_encoding", "accessLogFormat": "access_log_format",

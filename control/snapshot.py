@@ -392,6 +392,55 @@ class VirtualHost:
 
 
 @dataclass(frozen=True)
+class AuthzMatch:
+    """One field of an AuthorizationPolicy rule: Istio's attribute ``key`` against ``values``.
+
+    ``key`` is Istio's attribute name: ``source.principal``, ``source.namespace``,
+    ``source.serviceAccount``, ``source.trustDomain``, ``source.ip`` (``ipBlocks``), ``remote.ip``,
+    ``request.auth.principal`` / ``audiences`` / ``presenter`` / ``claims[a][b]``,
+    ``request.headers[name]``, ``request.host``, ``request.method``, ``request.path``,
+    ``destination.ip``, ``destination.port``, ``connection.sni``. Values keep Istio's spelling
+    (``abc*`` prefix, ``*abc`` suffix, ``*`` presence, CIDRs, path templates); the data plane
+    compiles them once per apply. ``negate``: a ``not*`` field or ``notValues`` (matches when
+    none of the values match, including when the attribute is absent). ``field``: where it came
+    from, for logs and ``meshproxy explain`` (``from[0].source.notPrincipals``).
+    """
+
+    key: str
+    values: tuple[str, ...]
+    negate: bool = False
+    field: str = ""
+
+
+@dataclass(frozen=True)
+class AuthzRule:
+    """One ``rules[]`` entry: matches when a source, an operation and every condition match.
+
+    ``sources`` (``from[]``) and ``operations`` (``to[]``) are alternatives (OR) of field lists
+    (AND); empty: any. ``conditions`` (``when[]``): all must match.
+    """
+
+    sources: tuple[tuple[AuthzMatch, ...], ...] = ()
+    operations: tuple[tuple[AuthzMatch, ...], ...] = ()
+    conditions: tuple[AuthzMatch, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthzPolicy:
+    """An AuthorizationPolicy that applies to this sidecar's workload (inbound listener).
+
+    ``action``: ALLOW, DENY or AUDIT. No rules: matches nothing (an ALLOW policy without rules
+    therefore denies everything). ``scope`` says why it applies: ``mesh`` (root namespace),
+    ``namespace`` or ``selector``.
+    """
+
+    name: str  # "namespace/name"
+    action: str = "ALLOW"
+    rules: tuple[AuthzRule, ...] = ()
+    scope: str = "namespace"
+
+
+@dataclass(frozen=True)
 class Listener:
     name: str  # "virtualOutbound" | "virtualInbound"
     direction: str  # "outbound" | "inbound"
@@ -399,6 +448,9 @@ class Listener:
     port: int
     virtual_hosts: tuple[VirtualHost, ...]
     default_cluster: Optional[str] = None  # used when no domain matches (inbound, single app port)
+    # AuthorizationPolicies that apply (inbound only; sorted by namespace/name). Empty: no RBAC
+    # filter at all.
+    authorization: tuple[AuthzPolicy, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -429,6 +481,7 @@ class Bootstrap:
     """What Istio keeps outside the CRDs (MeshConfig / ProxyConfig), for this sidecar."""
 
     trust_domain: str = "cluster.local"
+    root_namespace: str = "istio-system"  # Istio meshConfig.rootNamespace (mesh-wide policies)
     admin_address: str = "127.0.0.1"
     admin_port: int = 15000
     outbound_address: str = "127.0.0.1"

@@ -16,6 +16,7 @@ examples:
   meshproxy wait-ready --timeout 60 && exec my-app        # hold the app until its proxy is ready
   meshproxy explain --config mesh.yaml GET http://reviews/ -H 'end-user: jason'
   curl -H 'Host: echo.default.svc.cluster.local' http://127.0.0.1:15001/
+  meshproxy ca init ./ca && meshproxy ca issue ./ca -n default -s reviews   # mesh certificates
 
 Config is Istio YAML (ServiceEntry, WorkloadEntry) plus an optional meshproxy Bootstrap document;
 see docs/configuration.md. The demo mesh is development tooling in the source tree, not a
@@ -102,7 +103,74 @@ def _parser() -> argparse.ArgumentParser:
     wr.add_argument("--quiet", "-q", action="store_true", help="print nothing")
 
     sub.add_parser("version", help="print the version")
+    _ca_parser(sub)
     return ap
+
+
+CA_EPILOG = """\
+examples:
+  meshproxy ca init ./ca                                 # a self-signed mesh root, ECDSA P-256
+  meshproxy ca init ./ca --root-cert corp-root.pem --root-key corp-root-key.pem   # intermediate
+  meshproxy ca issue ./ca -n default -s reviews --out ./reviews
+  meshproxy ca inspect ./reviews-cert.pem               # roots and chain found beside it
+
+A CA directory holds ca-cert.pem, ca-key.pem (mode 0600), root-cert.pem and cert-chain.pem
+(Istio's plug-in CA names). Workload certificates are SPIFFE X.509-SVIDs; see docs/security.md.
+"""
+
+
+def _ca_parser(sub) -> None:
+    ca = sub.add_parser(
+        "ca", help="mesh CA and workload certificates (init, issue, inspect)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=CA_EPILOG,
+        description="A development CA for the mesh: a root (or an intermediate under your root) "
+                    "and short-lived SPIFFE workload certificates (X.509-SVIDs).")
+    ca.set_defaults(ca_parser=ca)
+    casub = ca.add_subparsers(dest="ca_cmd", metavar="COMMAND")
+
+    init = casub.add_parser(
+        "init", help="create a CA directory",
+        description="Create a mesh CA in DIR: a self-signed root (10 years), or, with --root-cert "
+                    "and --root-key, an intermediate signed by your root (the chain is then "
+                    "intermediate + root). Refuses to overwrite an existing CA without --force.")
+    init.add_argument("dir", metavar="DIR")
+    init.add_argument("--trust-domain", default="cluster.local",
+                      help="the mesh's SPIFFE trust domain (default cluster.local)")
+    init.add_argument("--key-type", choices=["ec", "rsa"], default="ec",
+                      help="ec: ECDSA P-256 (default); rsa: RSA (--rsa-bits)")
+    init.add_argument("--rsa-bits", type=int, choices=[2048, 3072, 4096], default=2048)
+    init.add_argument("--root-cert", metavar="FILE", help="your root CA certificate (PEM)")
+    init.add_argument("--root-key", metavar="FILE", help="its private key (PEM)")
+    init.add_argument("--root-key-password-file", metavar="FILE",
+                      help="file holding the password of an encrypted --root-key")
+    init.add_argument("--force", action="store_true", help="replace an existing CA in DIR")
+
+    iss = casub.add_parser(
+        "issue", help="issue a workload certificate",
+        description="Issue a workload certificate from the CA in DIR the way a sidecar gets one: "
+                    "the key is made here, a CSR is signed by the CA. Writes PREFIX-cert.pem, "
+                    "PREFIX-key.pem (mode 0600), PREFIX-chain.pem (certificate + intermediates) "
+                    "and root-cert.pem beside them.")
+    iss.add_argument("dir", metavar="DIR", help="the CA directory")
+    iss.add_argument("--namespace", "-n", required=True, metavar="NS")
+    iss.add_argument("--service-account", "-s", required=True, metavar="SA")
+    iss.add_argument("--trust-domain", help="default: the CA's (it must match)")
+    iss.add_argument("--ttl", default="24h", metavar="DURATION",
+                     help="lifetime, e.g. 24h, 90m (default 24h; capped at the CA's expiry)")
+    iss.add_argument("--key-type", choices=["ec", "rsa"], default="ec")
+    iss.add_argument("--out", metavar="PREFIX", help="output prefix (default: ./SA)")
+
+    ins = casub.add_parser(
+        "inspect", help="show a certificate and check it (exit 1 if a check fails)",
+        description="Print who a certificate is for and until when, verify its chain to the "
+                    "roots and check the SPIFFE X.509-SVID rules. Exit 0 when both pass, 1 "
+                    "otherwise. Certificates after the first in CERT are taken as its chain; "
+                    "without --chain/--roots, PREFIX-chain.pem and root-cert.pem beside a "
+                    "PREFIX-cert.pem are used when present.")
+    ins.add_argument("cert", metavar="CERT")
+    ins.add_argument("--chain", metavar="FILE", help="intermediates (PEM)")
+    ins.add_argument("--roots", metavar="FILE", help="trusted roots (PEM)")
+    ins.add_argument("--trust-domain", help="also require this trust domain")
 
 
 def _hostport(value: str, flag: str):
@@ -233,6 +301,153 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def _ca_fail(sub: str, msg) -> int:
+    print(f"meshproxy ca {sub}: {msg}", file=sys.stderr)
+    return 1
+
+
+def _left(seconds: float) -> str:
+    if seconds <= 0:
+        return "expired"
+    d, rem = divmod(int(seconds), 86400)
+    h, rem = divmod(rem, 3600)
+    m = rem // 60
+    return (f"{d}d{h}h" if d else f"{h}h{m}m" if h else f"{m}m{int(seconds) % 60}s") + " left"
+
+
+def cmd_ca_init(args) -> int:
+    from control.certs import CA, CA_KEY, CAError, key_type, load_certs, load_key
+
+    if os.path.exists(os.path.join(args.dir, CA_KEY)) and not args.force:
+        return _ca_fail("init", f"{args.dir} already holds a CA ({CA_KEY}); use --force to replace it")
+    if bool(args.root_cert) != bool(args.root_key):
+        return _ca_fail("init", "--root-cert and --root-key go together")
+    try:
+        if args.root_cert:
+            password = None
+            if args.root_key_password_file:
+                try:
+                    with open(args.root_key_password_file, "rb") as f:
+                        password = f.read().rstrip(b"\r\n")
+                except OSError as e:
+                    raise CAError(f"{args.root_key_password_file}: {e.strerror or e}") from None
+            upper = load_certs(args.root_cert)
+            ca = CA.create(args.key_type, rsa_bits=args.rsa_bits, trust_domain=args.trust_domain,
+                           root_cert=upper[0], root_key=load_key(args.root_key, password),
+                           root_chain=upper, path_len=0)
+        else:
+            ca = CA.create(args.key_type, rsa_bits=args.rsa_bits, trust_domain=args.trust_domain)
+        ca.save(args.dir)
+    except (CAError, ValueError, OSError) as e:
+        return _ca_fail("init", e)
+    what = f"root CA {ca.cert.subject.rfc4514_string()!r}" if ca.is_root else (
+        f"intermediate CA {ca.cert.subject.rfc4514_string()!r} under "
+        f"{ca.roots[0].subject.rfc4514_string()!r}")
+    print(f"meshproxy ca init: {args.dir}: {what}, "
+          f"{key_type(ca.cert.public_key())}, trust domain {ca.trust_domain}, "
+          f"until {ca.cert.not_valid_after_utc:%Y-%m-%d}")
+    print(f"  wrote ca-cert.pem, ca-key.pem (0600), cert-chain.pem ({len(ca.chain)} cert"
+          f"{'s' if len(ca.chain) != 1 else ''}), root-cert.pem")
+    return 0
+
+
+def cmd_ca_issue(args) -> int:
+    from control.certs import CA, CAError
+    from control.duration import parse_duration
+
+    try:
+        ttl = parse_duration(args.ttl)
+        if ttl <= 0:
+            raise ValueError("--ttl must be positive")
+        ca = CA.load(args.dir)
+        if args.trust_domain and args.trust_domain != ca.trust_domain:
+            raise ValueError(f"the CA in {args.dir} signs for trust domain {ca.trust_domain!r}, "
+                             f"not {args.trust_domain!r}")
+        wc = ca.issue(args.namespace, args.service_account, ttl, key_type=args.key_type)
+        prefix = args.out or os.path.join(".", args.service_account)
+        paths = wc.write(prefix)
+    except (CAError, ValueError, OSError) as e:
+        return _ca_fail("issue", e)
+    print(f"meshproxy ca issue: {wc.spiffe_id} until {wc.not_after:%Y-%m-%d %H:%M:%S}Z "
+          f"(renew after {wc.renew_at:%Y-%m-%d %H:%M:%S}Z)")
+    print(f"  wrote {paths['cert']}, {paths['key']} (0600), {paths['chain']}, {paths['roots']}")
+    return 0
+
+
+def cmd_ca_inspect(args) -> int:
+    import datetime
+
+    from cryptography import x509
+
+    from control.certs import (CAError, SVIDError, check_svid, key_type, load_certs,
+                               verify_chain)
+
+    try:
+        certs = load_certs(args.cert)
+        cert, chain = certs[0], certs[1:]
+        base = args.cert[:-len("-cert.pem")] if args.cert.endswith("-cert.pem") else None
+        chain_file = args.chain or (base + "-chain.pem" if base and os.path.exists(
+            base + "-chain.pem") else None)
+        if chain_file:
+            chain += load_certs(chain_file)
+        roots_file = args.roots
+        if roots_file is None:
+            beside = os.path.join(os.path.dirname(os.path.abspath(args.cert)), "root-cert.pem")
+            roots_file = beside if os.path.exists(beside) else None
+        roots = load_certs(roots_file) if roots_file else []
+    except CAError as e:
+        return _ca_fail("inspect", e)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        uris = cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
+    rows = [("certificate", args.cert),
+            ("subject", cert.subject.rfc4514_string() or "(empty)"),
+            ("SPIFFE ID", ", ".join(uris) or "(none)"),
+            ("issuer", cert.issuer.rfc4514_string() or "(empty)"),
+            ("serial", f"{cert.serial_number:x}"),
+            ("not before", f"{nb:%Y-%m-%d %H:%M:%S}Z"),
+            ("not after", f"{na:%Y-%m-%d %H:%M:%S}Z ({_left((na - now).total_seconds())})"),
+            ("key", key_type(cert.public_key()))]
+    ok = True
+    if not roots:
+        ok = False
+        rows.append(("chain", "NOT CHECKED: no roots (give --roots FILE)"))
+    else:
+        try:
+            verify_chain(cert, chain, roots, now)
+            inter = [c for c in chain if c != cert and c not in roots]
+            via = (f"via {len(inter)} intermediate{'s' if len(inter) != 1 else ''}" if inter
+                   else "signed by the root")
+            rows.append(("chain", f"ok ({via}, roots from {roots_file})"))
+        except SVIDError as e:
+            ok = False
+            rows.append(("chain", f"FAILED: {e}"))
+    try:
+        check_svid(cert, args.trust_domain)
+        rows.append(("SVID rules", "ok"))
+    except SVIDError as e:
+        ok = False
+        rows.append(("SVID rules", f"FAILED: {e}"))
+    for k, v in rows:
+        print(f"{k + ':':<13}{v}")
+    return 0 if ok else 1
+
+
+def cmd_ca(args) -> int:
+    if args.ca_cmd == "init":
+        return cmd_ca_init(args)
+    if args.ca_cmd == "issue":
+        return cmd_ca_issue(args)
+    if args.ca_cmd == "inspect":
+        return cmd_ca_inspect(args)
+    args.ca_parser.print_help()
+    return 2
+
+
 def main(argv=None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
@@ -244,6 +459,8 @@ def main(argv=None) -> int:
         return cmd_explain(args)
     if args.cmd == "wait-ready":
         return cmd_wait_ready(args)
+    if args.cmd == "ca":
+        return cmd_ca(args)
     if args.cmd == "version":
         from meshproxy.core import COMPILED
         print(f"meshproxy {__version__} ({'compiled' if COMPILED else 'pure-Python'} core, "

@@ -84,6 +84,12 @@ def explain(snap: Snapshot, method: str, url: str, headers: list[str],
     host = (p.host or b"").decode("latin-1")
     target = router.host_target(rc, p.host) if p.host is not None else None
     summary: dict = {}
+    if lst.authorization and decision is not router.NO_ROUTE and decision is not router.CONNECT_NOT_ALLOWED:
+        # The RBAC filter runs first on every route of the listener (before fault injection).
+        cluster = clusters.get(decision.cluster_name or "")
+        verdict = _authorization(out, lst, p, req, cluster)
+        if verdict is not None:
+            return out, verdict
     if target is None:
         if decision.action == router.A_ROUTE:
             out.append(f"no virtual host has the domain {host!r}: the listener's default cluster")
@@ -186,6 +192,70 @@ def explain(snap: Snapshot, method: str, url: str, headers: list[str],
             summary["status"] = decision.status
             summary["flags"] = decision.flags
     return out, summary
+
+
+class _ExplainConn:
+    """The connection side of a request explained: no peer address, no peer identity."""
+
+    client_addr = b""
+    peer_principal = None
+
+    def __init__(self, lst):
+        self.local = f"{lst.address}:{lst.port}"
+
+    def addresses(self):
+        return (self.local, "")
+
+
+class _ExplainStream:
+    """What ``rbac.Attributes`` reads from a stream, for a request that is only explained."""
+
+    filter_state = None
+
+    def __init__(self, lst, parser, view, cluster):
+        self.conn = _ExplainConn(lst)
+        self.request = parser
+        self.view = view
+        self.cluster = _Info(cluster) if cluster is not None else None
+
+    def header(self, name):
+        return self.view.header(name)
+
+
+class _Info:
+    def __init__(self, info):
+        self.info = info
+
+
+def _authorization(out: list, lst, parser, view, cluster) -> Optional[dict]:
+    """The listener's AuthorizationPolicies and their decision; a summary when denied."""
+    from meshproxy.filters import rbac
+    authz = rbac.Authorizer(lst.authorization)
+    attrs = rbac.Attributes(_ExplainStream(lst, parser, view, cluster))
+    out.append("authz     AuthorizationPolicies: " + ", ".join(
+        f"{p.name} ({p.action}, {p.scope})" for p in authz.policies))
+    out.append("          (explain has no peer address and no peer or JWT identity: source "
+               "conditions on them do not match, their not* forms do)")
+    for p in authz.policies:
+        if not p.rules:
+            out.append(f"  {p.name}: no rules: matches nothing")
+            continue
+        for i, r in enumerate(p.rules):
+            why = r.explain(attrs)
+            out.append(f"  {p.name} rule[{i}]: " + ("MATCH" if not why else why))
+    audited, ai = authz.audited(attrs)
+    if audited is not None:
+        out.append(f"audit     AUDIT {audited.name} rule[{ai}] matches: the request is logged")
+    allowed, p, i = authz.decide(attrs)
+    if allowed:
+        out.append("authz     allowed" + (f" by {p.name} rule[{i}]" if p is not None else
+                                          " (no DENY policy matched, no ALLOW policy applies)"))
+        return None
+    if p is not None:
+        out.append(f"result    denied by DENY policy {p.name} rule[{i}]: 403 RBAC: access denied")
+    else:
+        out.append("result    denied: no ALLOW policy matched: 403 RBAC: access denied")
+    return {"status": 403, "authz": rbac.response_details(p, i)}
 
 
 class _Named:

@@ -384,7 +384,7 @@ class Supervisor(_Process):
         w = self.snap.workload
         return {
             "clusters": [counters.merge(v) for v in by_cluster.values()],
-            "listeners": [counters.merge(v) for v in by_listener.values()],
+            "listeners": [_merge_listener(v) for v in by_listener.values()],
             "workload": None if w is None else {"name": w.name, "namespace": w.namespace,
                                                 "labels": dict(w.labels),
                                                 "service_account": w.service_account},
@@ -447,3 +447,13 @@ class Supervisor(_Process):
         self.state = "DRAINING"
         for w in self.workers:
             w.send({"op": "drain_listeners"})
+
+
+def _merge_listener(snaps: list) -> dict:
+    """``counters.merge`` plus the listener's RBAC counters (``"rbac"``), summed over workers."""
+    from meshproxy.core import counters
+    out = counters.merge(snaps)
+    rb = [s["rbac"] for s in snaps if "rbac" in s]
+    if rb:
+        out["rbac"] = {k: sum(d.get(k, 0) for d in rb) for k in rb[0]}
+    return out

@@ -18,7 +18,7 @@ from control.snapshot import Snapshot
 from meshproxy import __version__, tls
 from meshproxy.cluster_manager import ClusterManager
 from meshproxy.core import COMPILED, counters, http1conn, pathnorm, router, stream, timers
-from meshproxy.filters import build_chain
+from meshproxy.filters import build_chain, rbac
 
 log = logging.getLogger("meshproxy")
 
@@ -36,6 +36,7 @@ class Sidecar:
         self.snapshot: Optional[Snapshot] = None
         self.cm = ClusterManager(loop)
         self.listener_stats: dict = {}  # listener name -> ClusterStats
+        self.rbac_stats: dict = {}  # listener name -> rbac counters (kept across reloads)
         self.listeners: dict = {}  # listener name -> http1conn.Listener
         self.bound: dict = {}  # listener name -> (address, port)
         self.access_log = None
@@ -72,8 +73,17 @@ class Sidecar:
         self.cm.tls = tls_config
         clusters = self.cm.build(snap)
 
-        def chain(route, request_edit, response_edit):
-            return build_chain(route, request_edit, response_edit, clusters, self.http_filters)
+        def chain_for(lst):
+            # A listener with AuthorizationPolicies gets the RBAC filter first on every route;
+            # one without has no such filter at all.
+            first = ()
+            if lst.authorization:
+                counts = self.rbac_stats.setdefault(lst.name, rbac.new_stats())
+                first = (rbac.factory(lst.authorization, counts, lst.name),)
+
+            def chain(route, request_edit, response_edit):
+                return build_chain(route, request_edit, response_edit, clusters, self.http_filters, first)
+            return chain
 
         contexts = {}
         for lst in snap.listeners:
@@ -81,7 +91,7 @@ class Sidecar:
             if stats is None:
                 stats = self.listener_stats[lst.name] = counters.ClusterStats(lst.name)
             contexts[lst.name] = stream.ListenerContext(
-                lst.name, router.build_route_context(lst, clusters, chain), stats, access_log,
+                lst.name, router.build_route_context(lst, clusters, chain_for(lst)), stats, access_log,
                 max_head_size=b.limits.max_request_headers_kb * 1024,
                 max_request_line=b.limits.max_request_line,
                 max_headers=b.limits.max_headers, version=snap.version,
@@ -256,9 +266,15 @@ class Sidecar:
         return self.cm.cluster_infos(self.snapshot)
 
     def local_stats(self) -> dict:
+        listeners = []
+        for name, s in self.listener_stats.items():
+            snap = s.snapshot()
+            if name in self.rbac_stats:
+                snap["rbac"] = dict(self.rbac_stats[name])  # http.<listener>.rbac.*
+            listeners.append(snap)
         return {
             "clusters": [s.snapshot() for s in self.cm.stats.values()],
-            "listeners": [s.snapshot() for s in self.listener_stats.values()],
+            "listeners": listeners,
         }
 
     async def stats(self) -> dict:

@@ -16,7 +16,10 @@ Inputs
 ``clusters``: ClusterInfo dicts ``{"name", "direction": "outbound"|"inbound", "service",
 "namespace", "port", "endpoints"}`` (``endpoints`` is a count or a list of endpoint dicts), with
 optional ``outlier_detection`` and ``circuit_breakers`` dicts (rendered as Envoy's gauges).
-``cluster_stats`` / ``listener_stats``: snapshot dicts (see ``meshproxy/_core/counters.pyi``).
+``cluster_stats`` / ``listener_stats``: snapshot dicts (see ``meshproxy/_core/counters.pyi``); a
+listener's may carry ``"rbac"``: ``{"allowed", "denied", "logged", "not_logged"}`` counts of its
+AuthorizationPolicy filter (``meshproxy/filters/rbac.py``), rendered as Envoy's
+``http.<listener>.rbac.<name>`` / ``envoy_http_rbac_<name>``.
 ``workload``: this sidecar's workload ``{"name", "namespace", "app", "principal"}`` or None.
 
 Istio metrics are produced for clusters that have a ClusterInfo (outbound: ``reporter="source"``,
@@ -336,6 +339,9 @@ def render_prometheus(clusters: list, cluster_stats: list, listener_stats: list,
                        lab + [("envoy_response_code_class", str(cls))], n)
         exp.histogram("envoy_http_downstream_rq_time", "Envoy http.downstream_rq_time (ms)", lab,
                       snap["latency"])
+        for key, n in sorted(snap.get("rbac", {}).items()):
+            exp.sample(f"envoy_http_rbac_{key}", "counter",
+                       f"Envoy http.rbac.{key} (AuthorizationPolicy decisions)", lab, n)
     return exp.render()
 
 
@@ -414,5 +420,7 @@ def render_envoy_text(cluster_stats: list, listener_stats: list, clusters: list 
         for key, suffix, _typ in _LISTENER_ONLY:
             lines.append((f"http.{snap['name']}.downstream_{suffix}", str(snap.get(key, 0))))
         lines.append((f"listener.{snap['name']}.downstream_cx_overflow", str(snap.get("cx_overflow", 0))))
+        for key, n in snap.get("rbac", {}).items():
+            lines.append((f"http.{snap['name']}.rbac.{key}", str(n)))
     lines.sort()
     return "".join(f"{k}: {v}\n" for k, v in lines).encode()

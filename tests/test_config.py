@@ -193,9 +193,9 @@ INVALID = [
         """, ["mesh.yaml: Gateway default/ingress: kind Gateway is not supported yet"]),
     ("unsupported-security-kind", """\
         apiVersion: security.istio.io/v1
-        kind: AuthorizationPolicy
-        metadata: {name: deny, namespace: prod}
-        """, ["mesh.yaml: AuthorizationPolicy prod/deny: kind AuthorizationPolicy is not supported yet"]),
+        kind: PeerAuthentication
+        metadata: {name: strict, namespace: prod}
+        """, ["mesh.yaml: PeerAuthentication prod/strict: kind PeerAuthentication is not supported yet"]),
     ("unknown-kind", """\
         apiVersion: networking.istio.io/v1
         kind: ServiceEntri
@@ -318,7 +318,7 @@ def test_invalid_configs(tmp_path, text, expected):
 UNSUPPORTED = [("networking.istio.io/v1", k) for k in ("Gateway", "Sidecar", "EnvoyFilter", "WorkloadGroup")] + [
     ("networking.istio.io/v1beta1", "ProxyConfig"), ("telemetry.istio.io/v1", "Telemetry"),
     ("extensions.istio.io/v1alpha1", "WasmPlugin")] + [
-    ("security.istio.io/v1", k) for k in ("PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication")]
+    ("security.istio.io/v1", k) for k in ("PeerAuthentication", "RequestAuthentication")]
 
 
 @pytest.mark.parametrize("api,kind", UNSUPPORTED, ids=[k for _, k in UNSUPPORTED])
@@ -334,7 +334,7 @@ def test_supported_and_unsupported_kinds():
     from control.config import KINDS, UNSUPPORTED_KINDS
 
     assert list(KINDS) == ["ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "Bootstrap",
-                          "HealthCheck"]
+                          "HealthCheck", "AuthorizationPolicy"]
     assert sorted(UNSUPPORTED_KINDS) == sorted(k for _, k in UNSUPPORTED)
     assert all(KINDS[k].kind == k for k in KINDS)
 

@@ -6,7 +6,7 @@ implemented, never silently ignored.
 """
 from control.config import extensions, meshproxy, networking, security, telemetry
 
-KINDS = {**networking.KINDS, **meshproxy.KINDS}
+KINDS = {**networking.KINDS, **meshproxy.KINDS, **security.KINDS}
 
 UNSUPPORTED_KINDS = (networking.UNSUPPORTED_KINDS + security.UNSUPPORTED_KINDS + telemetry.UNSUPPORTED_KINDS
                      + extensions.UNSUPPORTED_KINDS)

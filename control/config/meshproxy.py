@@ -46,6 +46,9 @@ ADDRESS_PORT = Struct({"address": Field(Str(bind_address)), "port": Field(Port()
 
 BOOTSTRAP = Struct({
     "trustDomain": Field(Str(dns1123_subdomain)),
+    "rootNamespace": Field(Str(dns1123_label),
+                           doc="the mesh's root namespace (Istio meshConfig.rootNamespace): an "
+                               "AuthorizationPolicy there applies to every workload; default istio-system"),
     "workload": Field(Str(workload_ref), doc='this sidecar\'s WorkloadEntry: "name" or "namespace/name"'),
     "outbound": Field(ADDRESS_PORT),
     "inbound": Field(Struct({"port": Field(Port())})),

@@ -1108,6 +1108,9 @@ class Stream:
         rec.downstream_local_address = addrs[0]
         rec.downstream_remote_address = addrs[1]
         rec.route_name = self.route_name if self.cluster is not None else None
+        fs = self.filter_state
+        if fs is not None:  # a filter's %RESPONSE_CODE_DETAILS% (rbac_access_denied_...)
+            rec.response_code_details = fs.get("response_code_details")
         ctx.access_log.log(rec)
 
     def _last_rid(self):

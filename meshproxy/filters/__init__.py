@@ -21,8 +21,9 @@ hooks observe the bytes in HTTP/1 wire framing and must not change them.
 Chains are built at apply time, per route and destination (``build_chain``), from factories: a
 ``FilterFactory`` holds the filter's configuration and ``create()`` makes the per-request
 instance. A route without filters has no chain at all (``None``): nothing runs per request.
-The built-in filters are ``fault`` (Istio's HTTPFaultInjection), ``headers`` (Istio's Headers
-operations) and ``mirror`` (Istio's mirror / mirrors). See docs/filters.md for writing one.
+The built-in filters are ``rbac`` (Istio's AuthorizationPolicy, inbound listener only), ``fault``
+(Istio's HTTPFaultInjection), ``headers`` (Istio's Headers operations) and ``mirror`` (Istio's
+mirror / mirrors). See docs/filters.md for writing one.
 """
 from meshproxy.core import stream as _stream
 
@@ -82,17 +83,18 @@ class FilterFactory:
         return "FilterFactory(%s)" % self.cls.__name__
 
 
-def build_chain(route, request_edit, response_edit, clusters, extra=()):
+def build_chain(route, request_edit, response_edit, clusters, extra=(), first=()):
     """The filter chain of one route destination (a tuple of factories), or None when empty.
 
     ``route`` is the snapshot's route (None for the listener's default route), the edits are the
     destination's merged ``router.HeaderEdit``s (or None), ``clusters`` maps cluster names to the
-    data plane's clusters (mirror targets). Order as Envoy runs Istio's filters: fault injection
-    first, then header edits, then mirroring (the mirror copies the head as edited), then
-    ``extra`` (user-written factories).
+    data plane's clusters (mirror targets). Order as Envoy runs Istio's filters: ``first`` (the
+    listener's authorization: Istio puts RBAC before fault injection), fault injection, then
+    header edits, then mirroring (the mirror copies the head as edited), then ``extra``
+    (user-written factories).
     """
     from meshproxy.filters import fault, headers, mirror
-    chain = []
+    chain = list(first)
     if route is not None and route.fault is not None:
         chain.append(FilterFactory(fault.FaultFilter, route.fault))
     if request_edit is not None or response_edit is not None:
