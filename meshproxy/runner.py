@@ -41,6 +41,12 @@ from meshproxy.core import COMPILED
 log = logging.getLogger("meshproxy")
 
 
+def _apply_error(e: OSError) -> str:
+    """Why a snapshot could not be applied: a port, or the certificate files."""
+    from meshproxy.tls import TlsError
+    return str(e) if isinstance(e, TlsError) else f"cannot bind listeners: {e}"
+
+
 def new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
@@ -128,7 +134,7 @@ class SingleProcess(_Process):
         try:
             await sidecar.apply(self.snap)
         except OSError as e:
-            log.error("cannot bind listeners: %s", e)
+            log.error("%s", _apply_error(e))
             return 1
         b = self.snap.bootstrap
         try:
@@ -169,7 +175,7 @@ class SingleProcess(_Process):
         try:
             await self.sidecar.apply(snap)
         except OSError as e:
-            log.error("reload rejected (cannot bind listeners: %s), keeping snapshot %s", e,
+            log.error("reload rejected (%s), keeping snapshot %s", _apply_error(e),
                       self.sidecar.snapshot.version)
             return
         _log_snapshot(snap, "reloaded")

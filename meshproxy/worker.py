@@ -53,7 +53,8 @@ async def serve(fd: int, index: int) -> int:
                 await sidecar.apply(snap)
                 send({"op": "applied", "version": snap.version, "error": None})
             except OSError as e:
-                send({"op": "applied", "version": None, "error": f"cannot bind listeners: {e}"})
+                from meshproxy.runner import _apply_error
+                send({"op": "applied", "version": None, "error": _apply_error(e)})
             except Exception as e:  # noqa: BLE001 - reported to the supervisor, old config stays
                 send({"op": "applied", "version": None, "error": f"{type(e).__name__}: {e}"})
         elif op == "stats":

@@ -52,7 +52,8 @@ def test_client_sidecar_outbound():
     assert (cluster.connect_timeout, cluster.idle_timeout) == (2.0, 60.0)
     # the server has a sidecar (tlsMode: istio): dial its inbound port, remember the app port
     assert cluster.endpoints == (Endpoint("127.0.0.3", 15006, 8080, labels={
-        "app": "echo", "security.istio.io/tlsMode": "istio"}, workload="default/server", sidecar=True),)
+        "app": "echo", "security.istio.io/tlsMode": "istio"}, workload="default/server", sidecar=True,
+        identity="spiffe://cluster.local/ns/default/sa/default"),)
     inbound = snap.listener("inbound")
     assert (inbound.address, inbound.port, inbound.virtual_hosts, inbound.default_cluster) == (
         "127.0.0.2", 15006, (), None)

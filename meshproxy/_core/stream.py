@@ -1199,6 +1199,8 @@ class UpstreamConnection:
                 await asyncio.wait_for(loop.create_connection(self._self, pool.address, pool.port,
                                                               ssl=pool.ssl), timeout)
         except (OSError, asyncio.TimeoutError) as e:
+            if pool.ssl is not None:
+                _log_tls_failure(pool, e)
             self.closed = True
             self.stats.cx_fail()
             if self.res is not None:
@@ -1474,6 +1476,13 @@ class UpstreamConnection:
         s = self.stream
         if s is not None:
             s.conn.resume_reading(PAUSE_UPSTREAM_FULL)
+
+
+def _log_tls_failure(pool, e):
+    """A mutual-TLS connect failed: say why (certificate refused, handshake...)."""
+    import logging
+    logging.getLogger("meshproxy").warning("mtls: connecting to %s (%s) failed: %s", pool.host,
+                                           pool.identity, e or type(e).__name__)
 
 
 def _peer_ok(pool, transport):
