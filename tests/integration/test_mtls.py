@@ -228,3 +228,25 @@ def test_rotated_certificates_are_used_for_new_connections(make_sidecar, tmp_pat
         assert x.endswith("URI=spiffe://cluster.local/ns/default/sa/client")
     finally:
         relay.stop()
+
+
+def test_authorization_policy_matches_the_mtls_principal(make_sidecar, tmp_path, ca, app):
+    """AuthorizationPolicy ``principals`` see the client's SPIFFE ID from the mTLS handshake: the
+    client sidecar's requests are allowed, a plaintext client on the same port is denied."""
+    policy = doc("AuthorizationPolicy", "only-client", {
+        "selector": {"matchLabels": {"app": "echo"}}, "action": "ALLOW",
+        "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/client"]}}]}]},
+        api="security.istio.io/v1")
+    server = make_sidecar([], host=SERVER, workload="server", name="server", start=False,
+                          boot={"certificates": certs(tmp_path, ca, "server", "server")})
+    server.write_config(mesh(app, server.inbound) + [policy])
+    server.start()
+    client = make_sidecar(mesh(app, server.inbound), host=CLIENT, workload="client", name="client",
+                          boot={"certificates": certs(tmp_path, ca, "client", "client")})
+    st, _, body = client.request(path="/allowed", host=HOST)
+    assert st == 200, body
+    c = http.client.HTTPConnection(SERVER, server.inbound, timeout=10)
+    c.request("GET", "/plain", headers={"Host": HOST})
+    r = c.getresponse()
+    assert (r.status, r.read()) == (403, b"RBAC: access denied")
+    c.close()
