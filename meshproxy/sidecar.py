@@ -18,7 +18,7 @@ from control.snapshot import Snapshot
 from meshproxy import __version__, tls
 from meshproxy.cluster_manager import ClusterManager
 from meshproxy.core import COMPILED, counters, http1conn, pathnorm, router, stream, timers
-from meshproxy.filters import build_chain, rbac
+from meshproxy.filters import build_chain
 
 log = logging.getLogger("meshproxy")
 
@@ -78,6 +78,7 @@ class Sidecar:
             # one without has no such filter at all.
             first = ()
             if lst.authorization:
+                from meshproxy.filters import rbac  # loaded only when a policy applies
                 counts = self.rbac_stats.setdefault(lst.name, rbac.new_stats())
                 first = (rbac.factory(lst.authorization, counts, lst.name),)
 
