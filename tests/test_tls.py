@@ -130,3 +130,16 @@ def test_files_stamp_changes_when_a_file_is_rewritten(tmp_path, ca):
     os.utime(paths[0], ns=(0, 1))
     assert tls.files_stamp(paths) != before
     assert tls.files_stamp([str(tmp_path / "gone")]) == (None,)
+
+
+def test_the_compiled_build_drives_tls_with_aiofastnet_and_the_pure_build_with_ssl(monkeypatch):
+    """TLS connections use aiofastnet's transport when the compiled core is in use (the pure
+    build, MESHPROXY_NO_EXTENSIONS=1, keeps the event loop's own TLS on the ssl module)."""
+    import meshproxy.core
+    monkeypatch.setattr(tls, "_FAST", None)
+    monkeypatch.setattr(meshproxy.core, "COMPILED", False)
+    assert tls.fast_transport() is None
+    monkeypatch.setattr(tls, "_FAST", None)
+    monkeypatch.setattr(meshproxy.core, "COMPILED", True)
+    import aiofastnet
+    assert tls.fast_transport() is aiofastnet

@@ -1196,8 +1196,9 @@ class UpstreamConnection:
                 # Mutual TLS to another sidecar: the handshake is part of connecting (a bad
                 # certificate on either side is a connect failure, UF); the peer's identity is
                 # checked in connection_made.
-                await asyncio.wait_for(loop.create_connection(self._self, pool.address, pool.port,
-                                                              ssl=pool.ssl), timeout)
+                from meshproxy import tls
+                await asyncio.wait_for(tls.connect(loop, self._self, pool.address, pool.port,
+                                                   pool.ssl), timeout)
         except (OSError, asyncio.TimeoutError) as e:
             if pool.ssl is not None:
                 _log_tls_failure(pool, e)
