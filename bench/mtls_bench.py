@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import routes_bench as rb  # noqa: E402  (free_port, cpu_seconds, ROOT)
+import routes_bench as rb  # noqa: E402  (free_port, wait_ready, wrk, cpu_seconds: one origin host)
 
 HOST = "origin.default.svc.cluster.local"
 PAIRS = {"plaintext": ("127.0.0.160", "127.0.0.161"), "mtls": ("127.0.0.162", "127.0.0.163")}
@@ -115,18 +115,18 @@ def main(argv=None) -> int:
                                       "--log-level", "warning"], env=env, start_new_session=True,
                                      stderr=open(tmp / f"{name}-{role}.log", "w"))
                 procs.append(p)
-                _wait(addr, ports["admin"], p)
+                rb.wait_ready(ports["admin"], p, address=addr)
                 pids.append(p.pid)
             path, ports, addr = cfg["client"]
-            targets[name] = (f"http://{addr}:{ports['outbound']}/", pids)
+            targets[name] = ((ports["outbound"], addr), pids)
         rps = {n: [] for n in targets}
         cpu = {n: [] for n in targets}
-        for name, (url, _) in targets.items():
-            _wrk(url, 1)
+        for name, ((port, addr), _) in targets.items():
+            rb.wrk(port, 1, addr)
         for _ in range(args.rounds):
-            for name, (url, pids) in targets.items():
+            for name, ((port, addr), pids) in targets.items():
                 c0 = sum(rb.cpu_seconds(p) for p in pids)
-                r, total = _wrk(url, args.duration)
+                r, total = rb.wrk(port, args.duration, addr)
                 cpu[name].append((sum(rb.cpu_seconds(p) for p in pids) - c0) / total * 1e6)
                 rps[name].append(r)
         base = statistics.median(rps["plaintext"])
@@ -152,34 +152,6 @@ def main(argv=None) -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _wait(addr: str, admin: int, proc, timeout: float = 20) -> None:
-    import time
-    import urllib.request
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"sidecar exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://{addr}:{admin}/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError("sidecar not ready")
-
-
-def _wrk(url: str, duration: int):
-    import re
-    out = subprocess.run(["wrk", "-t1", "-c50", f"-d{duration}s", "-H", f"Host: {HOST}", url],
-                         capture_output=True, text=True, timeout=duration + 30).stdout
-    m = re.search(r"(\d+) requests in", out)
-    r = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not m or not r:
-        raise RuntimeError(f"wrk failed against {url}:\n{out}")
-    return float(r.group(1)), int(m.group(1))
 
 
 if __name__ == "__main__":

@@ -149,13 +149,14 @@ spec:
 """ + "\n".join(http) + "\n"
 
 
-def wait_ready(admin: int, proc: subprocess.Popen, timeout: float = 20) -> None:
+def wait_ready(admin: int, proc: subprocess.Popen, timeout: float = 20,
+               address: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"meshproxy exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as r:
+            with urllib.request.urlopen(f"http://{address}:{admin}/ready", timeout=1) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -164,10 +165,10 @@ def wait_ready(admin: int, proc: subprocess.Popen, timeout: float = 20) -> None:
     raise RuntimeError("meshproxy did not become ready")
 
 
-def wrk(port: int, duration: float) -> tuple[float, int]:
+def wrk(port: int, duration: float, address: str = "127.0.0.1") -> tuple[float, int]:
     out = subprocess.run(
         ["wrk", "-t1", "-c50", f"-d{max(1, int(round(duration)))}s", "-H", f"Host: {HOST}",
-         f"http://127.0.0.1:{port}/x"],
+         f"http://{address}:{port}/x"],
         capture_output=True, text=True, timeout=duration + 30).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     total = re.search(r"(\d+) requests in", out)

@@ -27,13 +27,15 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from routes_bench import cpu_seconds, free_port  # noqa: E402
 
 BODY = b"x" * 1023 + b"\n"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: text/plain\r\n\r\n"
@@ -74,18 +76,6 @@ async def main():
 
 uvloop.run(main())
 ''' % RESPONSE
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def make_cert(tmp: Path) -> tuple[str, str]:
@@ -133,11 +123,8 @@ def main(argv=None) -> int:
     if shutil.which("wrk") is None:
         print("wrk is missing (apt-get install wrk)", file=sys.stderr)
         return 2
-    try:
-        import aiofastnet  # noqa: F401
-        have_afn = True
-    except ImportError:
-        have_afn = False
+    import importlib.util
+    have_afn = importlib.util.find_spec("aiofastnet") is not None
     tmp = Path(tempfile.mkdtemp(prefix="meshproxy-tls-"))
     procs: dict[str, tuple[subprocess.Popen, str]] = {}
     try:
