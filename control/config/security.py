@@ -140,17 +140,14 @@ def check_when_key(key: str, values: list, path: str, rep: Reporter) -> None:
     if key.startswith("experimental.envoy.filters."):
         rep.issue(kp, f'"{key}": experimental.envoy.filters.* keys are not supported yet')
         return
-    if key in _PLAIN_KEYS or _CLAIMS.match(key):
-        pass
-    elif _HEADER.match(key):
-        pass
-    elif key.startswith("request.headers") or key.startswith("request.auth.claims"):
-        rep.issue(kp, f'"{key}": the name goes in brackets, as request.headers[User-Agent] or '
-                      "request.auth.claims[iss]")
-        return
-    else:
-        rep.issue(kp, f'unknown key "{key}"' + did_you_mean(key, sorted(_PLAIN_KEYS))
-                  + " (known keys: " + ", ".join(WHEN_KEYS) + ")")
+    known = key in _PLAIN_KEYS or _CLAIMS.match(key) or _HEADER.match(key)
+    if not known:
+        if key.startswith("request.headers") or key.startswith("request.auth.claims"):
+            rep.issue(kp, f'"{key}": the name goes in brackets, as request.headers[User-Agent] or '
+                          "request.auth.claims[iss]")
+        else:
+            rep.issue(kp, f'unknown key "{key}"' + did_you_mean(key, sorted(_PLAIN_KEYS))
+                      + " (known keys: " + ", ".join(WHEN_KEYS) + ")")
         return
     for vkey, vals in values:
         for i, v in enumerate(vals):
